@@ -1,0 +1,384 @@
+"""Run configuration: the YAML schema, dotted overrides and friendly validation errors.
+
+A config is validated completely before anything runs. Every problem becomes one
+`ConfigError` whose message names the file, the key, what was wrong and what is allowed.
+This module imports neither numpy nor torch, so `convshape --config` stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATASETS = ("circles", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+LAYER_TYPES = (
+    "linear", "conv2d", "maxpool2d", "avgpool2d", "relu", "tanh", "sigmoid",
+    "flatten", "dropout", "batchnorm1d", "batchnorm2d",
+)
+
+
+class ConfigError(Exception):
+    """An invalid config or override; the CLI prints the message and exits with code 2."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+IntPair = Union[Annotated[int, Field(ge=1)], tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]]
+IntPairZero = Union[Annotated[int, Field(ge=0)], tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]]
+
+
+# ----------------------------------------------------------------------------- layers
+class Linear(Strict):
+    type: Literal["linear"]
+    out_features: int = Field(ge=1)
+    in_features: int | None = Field(default=None, ge=1)  # inferred; checked when given
+    bias: bool = True
+
+
+class Conv2d(Strict):
+    type: Literal["conv2d"]
+    out_channels: int = Field(ge=1)
+    kernel_size: IntPair
+    stride: IntPair = 1
+    padding: IntPairZero = 0
+    dilation: IntPair = 1
+    in_channels: int | None = Field(default=None, ge=1)
+    bias: bool = True
+
+
+class MaxPool2d(Strict):
+    type: Literal["maxpool2d"]
+    kernel_size: IntPair
+    stride: IntPair | None = None  # PyTorch's default: the kernel size
+    padding: IntPairZero = 0
+    dilation: IntPair = 1
+    ceil_mode: bool = False
+
+
+class AvgPool2d(Strict):
+    type: Literal["avgpool2d"]
+    kernel_size: IntPair
+    stride: IntPair | None = None
+    padding: IntPairZero = 0
+    ceil_mode: bool = False
+
+
+class Activation(Strict):
+    type: Literal["relu", "tanh", "sigmoid", "flatten"]
+
+
+class Dropout(Strict):
+    type: Literal["dropout"]
+    p: float = Field(default=0.5, ge=0.0, lt=1.0)
+
+
+class BatchNorm(Strict):
+    type: Literal["batchnorm1d", "batchnorm2d"]
+    num_features: int | None = Field(default=None, ge=1)
+    eps: float = Field(default=1e-5, gt=0)
+    momentum: float = Field(default=0.1, gt=0, le=1)
+
+
+Layer = Annotated[
+    Union[Linear, Conv2d, MaxPool2d, AvgPool2d, Activation, Dropout, BatchNorm],
+    Field(discriminator="type"),
+]
+
+
+class Init(Strict):
+    weight: Literal["default", "xavier_normal", "xavier_uniform", "kaiming_normal", "kaiming_uniform", "normal"] = "default"
+    std: float | None = Field(default=None, gt=0)  # for weight: normal
+    bias: Literal["default", "zeros"] = "default"
+
+    @model_validator(mode="after")
+    def _std_for_normal(self):
+        if self.weight == "normal" and self.std is None:
+            raise ValueError("init.weight 'normal' needs init.std (for example std: 0.3)")
+        return self
+
+
+class Model(Strict):
+    init: Init = Init()
+    layers: list[Layer] = Field(min_length=1)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _lowercase_types(cls, layers):
+        # Accept PyTorch's spelling too ("Conv2d", "ReLU", "BatchNorm2d").
+        if isinstance(layers, list):
+            out = []
+            for layer in layers:
+                if isinstance(layer, dict) and isinstance(layer.get("type"), str):
+                    layer = {**layer, "type": layer["type"].lower()}
+                out.append(layer)
+            return out
+        return layers
+
+
+# ----------------------------------------------------------------------------- data
+class Augment(Strict):
+    crop: int | None = Field(default=None, ge=1)  # random crop of this size in training, center crop at eval
+    crop_padding: int = Field(default=0, ge=0)  # zero padding around the image before the random crop
+    hflip: bool = False
+
+
+class Data(Strict):
+    dataset: Literal["circles", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder"]
+    root: str | None = None  # default: $MLP_CLI_DATA, else the per-user cache folder
+    val_size: float = Field(default=0.1, ge=0)  # a count of training examples (>= 1) or a fraction (< 1)
+    normalize: bool = True  # per-channel mean/std of the training split
+    image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # imagefolder: [H, W]
+    channels: Literal[1, 3] = 3  # imagefolder: 1 grayscale, 3 RGB
+    augment: Augment = Augment()
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.val_size >= 1 and self.val_size != int(self.val_size):
+            raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
+        if self.dataset == "imagefolder" and self.image_size is None:
+            raise ValueError("data.image_size is required for imagefolder, for example image_size: [32, 32]")
+        return self
+
+    def resolved_root(self) -> Path:
+        return Path(self.root or os.environ.get("MLP_CLI_DATA") or default_data_dir()).expanduser()
+
+
+# ----------------------------------------------------------------------------- train, optim
+class Schedule(Strict):
+    name: Literal["constant", "step", "exponential", "cosine"] = "constant"
+    step_size: int = Field(default=10, ge=1)  # step: epochs between decays
+    gamma: float = Field(default=0.1, gt=0, le=1)  # step and exponential: decay factor
+    t_max: int | None = Field(default=None, ge=1)  # cosine: period in epochs (default: train.epochs)
+    eta_min: float = Field(default=0.0, ge=0)  # cosine: final learning rate
+    warmup_epochs: int = Field(default=0, ge=0)  # linear warm-up before the schedule
+    warmup_start_factor: float = Field(default=0.1, gt=0, le=1)
+
+
+class Optim(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    schedule: Schedule = Schedule()
+
+    @model_validator(mode="after")
+    def _nesterov(self):
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("optim.nesterov needs optim.name: sgd and a momentum above 0")
+        return self
+
+
+class Train(Strict):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(default=1000, ge=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    plots: bool = True  # write curves.png, confusion.png, ... into the run directory
+
+
+class Config(Strict):
+    seed: int = Field(default=0, ge=0)
+    data: Data
+    model: Model
+    train: Train
+    optim: Optim
+
+    def dump(self) -> dict:
+        """The resolved config as plain YAML-able data (what config.yaml holds)."""
+        return _plain(self.model_dump(mode="json"))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlp-cli" / "data"
+
+
+def default_cache_dir() -> Path:
+    """Writable folder for decoded image caches (never next to the data, which may be read-only)."""
+    if os.environ.get("MLP_CLI_CACHE"):
+        return Path(os.environ["MLP_CLI_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlp-cli" / "cache"
+
+
+# ----------------------------------------------------------------------------- loading
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file, e.g. --config configs/mnist_mlp.yaml")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}; fix the syntax of the file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping with the sections seed, data, model, train, optim")
+    return data
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply Hydra-style dotted overrides (`optim.lr=0.05`, `data.augment.hflip=true`).
+
+    Values are parsed as YAML scalars or flow collections, so `[28, 28]`, `true` and `1e-3` work.
+    """
+    raw = _copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"bad override {item!r}: write KEY=VALUE with a dotted key, e.g. optim.lr=0.05 or train.epochs=3")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"bad override {item!r}: the value {text!r} is not valid YAML; quote strings and use [a, b] for lists")
+        parts = key.split(".")
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"bad override {item!r}: {'.'.join(parts[:i]) or 'the config'} is not a section")
+            node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"bad override {item!r}: {'.'.join(parts[:-1])} is not a section")
+    return raw
+
+
+def _copy(value):
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def validate(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, raw, source)) from None
+
+
+def load(path: str | Path, overrides=()) -> Config:
+    """Read, override and validate a config file. Raises ConfigError."""
+    raw = read_yaml(path)
+    raw = apply_overrides(raw, overrides)
+    return validate(raw, str(path))
+
+
+# ----------------------------------------------------------------------------- error messages
+_MODELS = {
+    "": Config, "data": Data, "data.augment": Augment, "model": Model, "model.init": Init,
+    "train": Train, "optim": Optim, "optim.schedule": Schedule,
+}
+_LAYER_MODELS = {
+    "linear": Linear, "conv2d": Conv2d, "maxpool2d": MaxPool2d, "avgpool2d": AvgPool2d,
+    "relu": Activation, "tanh": Activation, "sigmoid": Activation, "flatten": Activation,
+    "dropout": Dropout, "batchnorm1d": BatchNorm, "batchnorm2d": BatchNorm,
+}
+
+
+def _dotted(loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _get(raw, loc):
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def _layer_loc(loc):
+    """Drop pydantic's union tag from a location inside model.layers: (model, layers, 0, conv2d, x) -> ..."""
+    loc = list(loc)
+    if len(loc) >= 4 and loc[0] == "model" and loc[1] == "layers" and isinstance(loc[2], int) and loc[3] in _LAYER_MODELS:
+        del loc[3]
+    return tuple(loc)
+
+
+def _explain(err: ValidationError, raw: dict, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = _layer_loc(item["loc"])
+        key = _dotted(loc) or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            parent, name = loc[:-1], str(loc[-1])
+            allowed = _allowed_keys(parent, raw)
+            hint = difflib.get_close_matches(name, allowed, n=1, cutoff=0.5)
+            tip = f"did you mean '{_dotted(parent + (hint[0],))}'?" if hint else f"allowed keys: {', '.join(allowed)}"
+            lines.append(f"{source}: unknown key '{key}'; {tip}")
+        elif kind == "missing":
+            lines.append(f"{source}: missing required key '{key}'")
+        elif kind == "union_tag_invalid":
+            bad = _get(raw, loc + ("type",)) if loc else None
+            hint = difflib.get_close_matches(str(bad).lower(), LAYER_TYPES, n=1, cutoff=0.5)
+            tip = f"did you mean '{hint[0]}'? " if hint else ""
+            lines.append(f"{source}: {key}.type: unknown layer type {bad!r}; {tip}allowed: {', '.join(LAYER_TYPES)}")
+        elif kind == "union_tag_not_found":
+            lines.append(f"{source}: {key}: a layer needs a 'type' (one of {', '.join(LAYER_TYPES)})")
+        elif kind in ("literal_error", "enum"):
+            value = _get(raw, loc)
+            expected = item.get("ctx", {}).get("expected", "")
+            hint = difflib.get_close_matches(str(value), [s.strip("'") for s in expected.replace(" or ", ", ").split(", ")], n=1, cutoff=0.5)
+            tip = f" (did you mean {hint[0]!r}?)" if hint else ""
+            lines.append(f"{source}: {key}: {value!r} is not allowed{tip}; allowed values: {expected}")
+        else:
+            value = _get(raw, loc)
+            msg = item["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+                lines.append(f"{source}: {msg}")
+                continue
+            shown = "" if value is None and kind != "none_required" else f" (got {value!r})"
+            lines.append(f"{source}: {key}: {msg[0].lower() + msg[1:]}{shown}")
+    # Several errors often stem from one cause; one clear message is better than a wall.
+    unique = list(dict.fromkeys(lines))
+    return "invalid config: " + unique[0] + ("" if len(unique) == 1 else "\n" + "\n".join("  also: " + l for l in unique[1:4]))
+
+
+def _allowed_keys(parent: tuple, raw: dict) -> list[str]:
+    if len(parent) == 3 and parent[0] == "model" and parent[1] == "layers":
+        layer = _get(raw, parent) or {}
+        model = _LAYER_MODELS.get(str(layer.get("type", "")).lower())
+        return [k for k in model.model_fields] if model else ["type"]
+    model = _MODELS.get(_dotted(parent))
+    return list(model.model_fields) if model else []
