@@ -1,0 +1,418 @@
+"""Layers: each a forward/backward pair written by hand in NumPy.
+
+Conventions (see docs/design.md):
+- 4-D inputs and outputs are NCHW *logically*. Internally the conv and pooling layers work
+  channels-last (NHWC), because then an im2col row is one contiguous run of kh*kw*C numbers
+  and the matrix product writes NHWC directly. A layer returns `out_nhwc.transpose(0, 3, 1, 2)`,
+  an NCHW view of channels-last memory, and the next layer's `x.transpose(0, 2, 3, 1)` gets
+  the NHWC array back for free.
+- `params` and `grads` use PyTorch's names and layouts (Linear weight (out, in), Conv2d weight
+  (out, in, kh, kw)); `buffers` holds BatchNorm's running statistics.
+- Everything follows the dtype of the parameters (float32 in training, float64 in gradient checks).
+- Python loops run over kernel offsets only, never over examples or output pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    """NCHW (logical) -> NHWC view; free when x is a view of channels-last memory."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 3, 1, 2)
+
+
+def _window(offset: int, dilation: int, stride: int, count: int) -> slice:
+    """The input rows (or columns) that kernel offset `offset` touches across `count` outputs."""
+    start = offset * dilation
+    return slice(start, start + stride * (count - 1) + 1, stride)
+
+
+class Layer:
+    """Base class: no parameters, identity in train and eval mode alike."""
+
+    def __init__(self):
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.training = True
+        # The first layer of a network never needs dx; skipping it saves a large product.
+        self.needs_input_grad = True
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- Linear
+class Linear(Layer):
+    """Fully connected layer y = x W^T + b (torch.nn.Linear).
+
+    In the seed's notation for one example, h~ = W_h x + b_h; a batch stacks examples as rows.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32):
+        super().__init__()
+        self.params["weight"] = np.zeros((out_features, in_features), dtype)
+        if bias:
+            self.params["bias"] = np.zeros(out_features, dtype)
+
+    def forward(self, x):
+        """x: (N, in) -> out: (N, out)."""
+        self.x = x
+        out = x @ self.params["weight"].T
+        if "bias" in self.params:
+            out += self.params["bias"]
+        return out
+
+    def backward(self, dout):
+        """dout: (N, out) -> dx: (N, in); grads weight (out, in), bias (out,).
+
+        Seed, batched (rows are examples, dout already carries the 1/N of the mean loss):
+          grad W_y = (y^ - y) h^T            -> dW = dout^T x
+          grad b_y = y^ - y                  -> db = sum over the batch of dout
+          W_y^T (y^ - y), the factor of grad h~ -> dx = dout W
+        """
+        self.grads["weight"] = dout.T @ self.x
+        if "bias" in self.params:
+            self.grads["bias"] = dout.sum(axis=0)
+        return dout @ self.params["weight"] if self.needs_input_grad else None
+
+
+# ----------------------------------------------------------------------------- Conv2d
+class Conv2d(Layer):
+    """2-D convolution (torch.nn.Conv2d, groups=1) by im2col and one matrix product.
+
+    The weight is kept in PyTorch's (F, C, kh, kw) layout; the product uses it rearranged as
+    (kh*kw*C, F) to match channels-last im2col rows.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, dtype=np.float32):
+        super().__init__()
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        kh, kw = self.kernel_size
+        self.params["weight"] = np.zeros((out_channels, in_channels, kh, kw), dtype)
+        if bias:
+            self.params["bias"] = np.zeros(out_channels, dtype)
+
+    def output_size(self, h, w):
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+    def _weight_matrix(self):
+        """(F, C, kh, kw) -> (kh*kw*C, F), the order of an im2col row."""
+        F = self.params["weight"].shape[0]
+        return self.params["weight"].transpose(2, 3, 1, 0).reshape(-1, F)
+
+    def forward(self, x):
+        """x: (N, C, H, W) -> out: (N, F, Ho, Wo) with Ho = floor((H + 2p - d(k-1) - 1)/s) + 1."""
+        xh = _nhwc(x)
+        N, H, W, C = xh.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        Ho, Wo = self.output_size(H, W)
+        if ph or pw:
+            xp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), xh.dtype)
+            xp[:, ph:ph + H, pw:pw + W, :] = xh
+        else:
+            xp = xh
+        # im2col: one strided copy per kernel offset into (N, Ho, Wo, kh, kw, C).
+        cols = np.empty((N, Ho, Wo, kh, kw, C), xh.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, :, :, i, j, :] = xp[:, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), :]
+        cols = cols.reshape(N * Ho * Wo, kh * kw * C)
+        out = cols @ self._weight_matrix()
+        if "bias" in self.params:
+            out += self.params["bias"]
+        self.cols, self.in_shape = cols, (N, H, W, C)
+        return _nchw(out.reshape(N, Ho, Wo, -1))
+
+    def backward(self, dout):
+        """dout: (N, F, Ho, Wo) -> dx: (N, C, H, W); grads weight (F, C, kh, kw), bias (F,)."""
+        N, H, W, C = self.in_shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        _, F, Ho, Wo = dout.shape
+        d2 = _nhwc(dout).reshape(N * Ho * Wo, F)
+        self.grads["weight"] = (d2.T @ self.cols).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+        if "bias" in self.params:
+            self.grads["bias"] = d2.sum(axis=0)
+        self.cols = None
+        if not self.needs_input_grad:
+            return None
+        # col2im: each kernel offset adds its share of the column gradient back.
+        dcols = (d2 @ self._weight_matrix().T).reshape(N, Ho, Wo, kh, kw, C)
+        dxp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), d2.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                dxp[:, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), :] += dcols[:, :, :, i, j, :]
+        return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
+
+
+# ----------------------------------------------------------------------------- pooling
+def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """PyTorch's pooling output size, including its ceil_mode rule."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window would start inside the right padding
+    return out
+
+
+class _Pool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride if stride is not None else kernel_size)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        self.ceil_mode = ceil_mode
+
+    def _geometry(self, H, W):
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        Ho = pool_output_size(H, kh, sh, ph, dh, self.ceil_mode)
+        Wo = pool_output_size(W, kw, sw, pw, dw, self.ceil_mode)
+        # With ceil_mode the last window may reach past the right padding: pad a little more.
+        Hp = max(H + 2 * ph, (Ho - 1) * sh + dh * (kh - 1) + 1)
+        Wp = max(W + 2 * pw, (Wo - 1) * sw + dw * (kw - 1) + 1)
+        return Ho, Wo, Hp, Wp
+
+    def _padded(self, xh, Hp, Wp, fill):
+        N, H, W, C = xh.shape
+        ph, pw = self.padding
+        if (Hp, Wp) == (H, W):
+            return xh
+        xp = np.full((N, Hp, Wp, C), fill, xh.dtype)
+        xp[:, ph:ph + H, pw:pw + W, :] = xh
+        return xp
+
+    def _offsets(self, Ho, Wo):
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, (slice(None), _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), slice(None))
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling (torch.nn.MaxPool2d): padding counts as -inf, ties go to the first maximum."""
+
+    def forward(self, x):
+        """x: (N, C, H, W) -> out: (N, C, Ho, Wo)."""
+        xh = _nhwc(x)
+        N, H, W, C = xh.shape
+        Ho, Wo, Hp, Wp = self._geometry(H, W)
+        xp = self._padded(xh, Hp, Wp, -np.inf)
+        out = np.full((N, Ho, Wo, C), -np.inf, xh.dtype)
+        argmax = np.zeros((N, Ho, Wo, C), np.uint8)
+        for k, window in self._offsets(Ho, Wo):
+            v = xp[window]
+            better = v > out  # strict: keeps the first maximum, as PyTorch does
+            np.copyto(out, v, where=better)
+            argmax[better] = k
+        self.argmax, self.geometry, self.in_shape = argmax, (Ho, Wo, Hp, Wp), xh.shape
+        return _nchw(out)
+
+    def backward(self, dout):
+        """dout: (N, C, Ho, Wo) -> dx: (N, C, H, W), routed to each window's maximum."""
+        N, H, W, C = self.in_shape
+        Ho, Wo, Hp, Wp = self.geometry
+        ph, pw = self.padding
+        dh = _nhwc(dout)
+        dxp = np.zeros((N, Hp, Wp, C), dout.dtype)
+        for k, window in self._offsets(Ho, Wo):
+            dxp[window] += np.where(self.argmax == k, dh, 0)
+        return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling (torch.nn.AvgPool2d with count_include_pad=True).
+
+    The divisor of a window counts the zero padding but not the part of a ceil_mode window
+    that lies beyond the right padding, exactly as PyTorch does.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+
+    def _divisor(self, H, W, Ho, Wo, dtype):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        hs = np.arange(Ho) * sh - ph
+        ws = np.arange(Wo) * sw - pw
+        rows = np.minimum(hs + kh, H + ph) - hs
+        cols = np.minimum(ws + kw, W + pw) - ws
+        return (rows[:, None] * cols[None, :]).astype(dtype)[None, :, :, None]  # (1, Ho, Wo, 1)
+
+    def forward(self, x):
+        """x: (N, C, H, W) -> out: (N, C, Ho, Wo)."""
+        xh = _nhwc(x)
+        N, H, W, C = xh.shape
+        Ho, Wo, Hp, Wp = self._geometry(H, W)
+        xp = self._padded(xh, Hp, Wp, 0)
+        out = np.zeros((N, Ho, Wo, C), xh.dtype)
+        for _, window in self._offsets(Ho, Wo):
+            out += xp[window]
+        self.divisor = self._divisor(H, W, Ho, Wo, xh.dtype)
+        out /= self.divisor
+        self.geometry, self.in_shape = (Ho, Wo, Hp, Wp), xh.shape
+        return _nchw(out)
+
+    def backward(self, dout):
+        """dout: (N, C, Ho, Wo) -> dx: (N, C, H, W), each window's gradient shared evenly."""
+        N, H, W, C = self.in_shape
+        Ho, Wo, Hp, Wp = self.geometry
+        ph, pw = self.padding
+        share = _nhwc(dout) / self.divisor
+        dxp = np.zeros((N, Hp, Wp, C), dout.dtype)
+        for _, window in self._offsets(Ho, Wo):
+            dxp[window] += share
+        return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
+
+
+# ----------------------------------------------------------------------------- activations
+class ReLU(Layer):
+    """max(x, 0), element-wise; any shape."""
+
+    def forward(self, x):
+        self.out = np.maximum(x, 0)
+        return self.out
+
+    def backward(self, dout):
+        return dout * (self.out > 0)
+
+
+class Tanh(Layer):
+    """tanh, element-wise; any shape. Seed: h = tanh(h~), and dh/dh~ = 1 - tanh^2(h~)."""
+
+    def forward(self, x):
+        self.out = np.tanh(x)
+        return self.out
+
+    def backward(self, dout):
+        # grad h~ = (1 - tanh^2(h~)) * grad h  (the seed's grad h~ line, element-wise)
+        return dout * (1 - self.out * self.out)
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)), element-wise; computed without overflow for large |x|."""
+
+    def forward(self, x):
+        self.out = np.exp(-np.logaddexp(0, -x)).astype(x.dtype, copy=False)
+        return self.out
+
+    def backward(self, dout):
+        return dout * self.out * (1 - self.out)
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W) in PyTorch's (C, H, W) order; other shapes: (N, ...) -> (N, -1)."""
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        return dout.reshape(self.in_shape)
+
+
+class Dropout(Layer):
+    """Inverted dropout (torch.nn.Dropout): in training, zero each element with probability p and
+    scale the rest by 1/(1-p); identity in eval mode. Masks come from `self.rng`, a
+    numpy Generator the owner sets (Sequential.set_rng)."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = float(p)
+        self.rng = np.random.default_rng(0)
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self.mask = None
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32 if x.dtype == np.float32 else np.float64) >= self.p
+        self.mask = keep.astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout if self.mask is None else dout * self.mask
+
+
+class _BatchNorm(Layer):
+    """Batch normalization over the channel axis (torch.nn.BatchNorm1d/2d conventions):
+    batch statistics in training (biased variance to normalize, unbiased for the running
+    estimate), running statistics in eval; running = (1 - momentum) * running + momentum * batch."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.params["weight"] = np.ones(num_features, dtype)
+        self.params["bias"] = np.zeros(num_features, dtype)
+        self.buffers["running_mean"] = np.zeros(num_features, dtype)
+        self.buffers["running_var"] = np.ones(num_features, dtype)
+        self.buffers["num_batches_tracked"] = np.zeros((), np.int64)
+
+    def _forward_2d(self, x):
+        """x: (M, C) rows of channel values -> (M, C)."""
+        gamma, beta = self.params["weight"], self.params["bias"]
+        if self.training:
+            M = x.shape[0]
+            mean = x.mean(axis=0)
+            centered = x - mean
+            var = np.mean(centered * centered, axis=0)
+            inv_std = 1 / np.sqrt(var + self.eps)
+            m = self.momentum
+            self.buffers["running_mean"] *= 1 - m
+            self.buffers["running_mean"] += m * mean
+            self.buffers["running_var"] *= 1 - m
+            self.buffers["running_var"] += m * var * (M / max(M - 1, 1))
+            self.buffers["num_batches_tracked"] += 1
+            xhat = centered * inv_std
+            self.xhat, self.inv_std = xhat, inv_std
+            return xhat * gamma + beta
+        scale = gamma / np.sqrt(self.buffers["running_var"] + self.eps)
+        self.xhat, self.inv_std, self.eval_scale = None, None, scale
+        return x * scale + (beta - self.buffers["running_mean"] * scale)
+
+    def _backward_2d(self, dout):
+        """dout: (M, C) -> dx: (M, C); grads weight and bias (C,)."""
+        self.grads["bias"] = dout.sum(axis=0)
+        if self.xhat is None:  # eval mode: an affine map
+            self.grads["weight"] = (dout * ((self.x2d - self.buffers["running_mean"]) / np.sqrt(self.buffers["running_var"] + self.eps))).sum(axis=0)
+            return dout * self.eval_scale
+        xhat, M = self.xhat, dout.shape[0]
+        self.grads["weight"] = (dout * xhat).sum(axis=0)
+        dxhat = dout * self.params["weight"]
+        # d/dx of (x - mean) / std with mean and std taken over the same batch
+        return (self.inv_std / M) * (M * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0))
+
+
+class BatchNorm1d(_BatchNorm):
+    def forward(self, x):
+        """x: (N, C) -> (N, C)."""
+        self.x2d = x
+        return self._forward_2d(x)
+
+    def backward(self, dout):
+        return self._backward_2d(dout)
+
+
+class BatchNorm2d(_BatchNorm):
+    def forward(self, x):
+        """x: (N, C, H, W) -> (N, C, H, W); statistics per channel over N, H and W."""
+        xh = _nhwc(x)
+        self.nhwc_shape = xh.shape
+        self.x2d = xh.reshape(-1, xh.shape[3])
+        return _nchw(self._forward_2d(self.x2d).reshape(self.nhwc_shape))
+
+    def backward(self, dout):
+        d2 = _nhwc(dout).reshape(-1, dout.shape[1])
+        return _nchw(self._backward_2d(d2).reshape(self.nhwc_shape))

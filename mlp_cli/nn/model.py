@@ -1,0 +1,103 @@
+"""Sequential container and the builder that turns an architecture into layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlp_cli.nn import init as initializers
+from mlp_cli.nn import layers as L
+
+LAYERS = {
+    "Linear": L.Linear, "Conv2d": L.Conv2d, "MaxPool2d": L.MaxPool2d, "AvgPool2d": L.AvgPool2d,
+    "ReLU": L.ReLU, "Tanh": L.Tanh, "Sigmoid": L.Sigmoid, "Flatten": L.Flatten,
+    "Dropout": L.Dropout, "BatchNorm1d": L.BatchNorm1d, "BatchNorm2d": L.BatchNorm2d,
+}
+_TAKES_DTYPE = ("Linear", "Conv2d", "BatchNorm1d", "BatchNorm2d")
+
+
+class Sequential:
+    """Layers applied in order, with PyTorch's state-dict names ("0.weight", "3.running_mean")."""
+
+    def __init__(self, layers: list[L.Layer]):
+        self.layers = layers
+
+    def train(self):
+        for layer in self.layers:
+            layer.training = True
+        return self
+
+    def eval(self):
+        for layer in self.layers:
+            layer.training = False
+        return self
+
+    def set_rng(self, rng: np.random.Generator):
+        """Give the random layers (dropout) the generator to draw their masks from."""
+        for layer in self.layers:
+            if isinstance(layer, L.Dropout):
+                layer.rng = rng
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """Back-propagate dL/d(output); returns dL/d(input), or None when the first layer skips it."""
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    def named_params(self) -> dict[str, np.ndarray]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+
+    def named_grads(self) -> dict[str, np.ndarray]:
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers, in PyTorch's order and names."""
+        state = {}
+        for i, layer in enumerate(self.layers):
+            for k, v in layer.params.items():
+                state[f"{i}.{k}"] = v
+            for k, v in layer.buffers.items():
+                state[f"{i}.{k}"] = v
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]):
+        """Copy arrays into the existing parameters (shapes must match; dtypes are converted)."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, target in own.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise ValueError(f"{name}: shape {value.shape} in the state dict, {target.shape} in the network")
+            target[...] = value
+
+    def num_params(self) -> int:
+        return sum(v.size for v in self.named_params().values())
+
+
+def build(architecture: list[dict], *, rng: np.random.Generator | None = None, weight_init: str = "default",
+          init_std: float | None = None, bias_init: str = "default", dtype=np.float32) -> Sequential:
+    """Build a Sequential from an architecture (PyTorch-vocabulary dicts, see docs/design.md),
+    initializing Linear and Conv2d weights with `weight_init` and biases with `bias_init`."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    layers = []
+    for spec in architecture:
+        spec = dict(spec)
+        kind = spec.pop("type")
+        cls = LAYERS[kind]
+        layer = cls(**spec, dtype=dtype) if kind in _TAKES_DTYPE else cls(**spec)
+        if kind in ("Linear", "Conv2d"):
+            w = layer.params["weight"]
+            w[...] = initializers.init_weight(w.shape, weight_init, rng, dtype, init_std)
+            if "bias" in layer.params:
+                layer.params["bias"][...] = initializers.init_bias(w.shape, bias_init, rng, dtype)
+        layers.append(layer)
+    return Sequential(layers)
