@@ -36,6 +36,8 @@ def handle_errors(command):
             fail(str(e), EXIT_USAGE)
         except RuntimeFailure as e:
             fail(str(e), EXIT_RUNTIME)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
 
     return wrapper
 
@@ -50,6 +52,176 @@ def main():
     mlp-cli eval --checkpoint runs/x/best.safetensors  evaluate a checkpoint
     mlp-cli convshape --input 28x28x1 --kernel 5       conv arithmetic
     """
+
+
+def _default_run_dir(config_path: str):
+    import time
+    from pathlib import Path
+
+    return Path("runs") / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def _pitfall_warnings(cfg) -> None:
+    """Settings the practical found to fail quietly: say so before the time is spent."""
+    if cfg.optim.name == "sgd" and cfg.optim.momentum >= 0.9 and cfg.optim.lr >= 0.1:
+        _warn(f"momentum {cfg.optim.momentum} with lr {cfg.optim.lr} tends to stall or diverge; "
+              "with momentum 0.9 use a learning rate about 10 times smaller (e.g. optim.lr=0.01)")
+
+
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The run's YAML config (see configs/).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",
+              help="Continue the run in RUN_DIR from its last checkpoint, with its saved config.")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Run directory to create  [default: runs/<config name>-<date>-<time>].")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@handle_errors
+def train(config_path, resume_dir, out, quiet, overrides):
+    """Train a network: mlp-cli train --config FILE [KEY=VALUE ...].
+
+    \b
+    Overrides are dotted keys of the config, as in Hydra:
+      mlp-cli train --config configs/mnist_mlp.yaml train.epochs=3 optim.lr=0.05
+      mlp-cli train --resume runs/mnist_mlp-20261127-101500 train.epochs=30
+
+    \b
+    The run directory receives config.yaml, metrics.csv, last.safetensors,
+    best.safetensors (best validation accuracy) and test_metrics.json.
+    Exit codes: 0 done, 2 invalid config, 1 runtime failure, 130 interrupted.
+    """
+    from pathlib import Path
+
+    from mlp_cli import config
+    from mlp_cli import train as training
+
+    if bool(config_path) == bool(resume_dir):
+        fail("give either --config FILE (a new run) or --resume RUN_DIR (continue a run)", EXIT_USAGE)
+    if resume_dir:
+        run_dir = Path(resume_dir)
+        if out:
+            fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "last.safetensors").is_file():
+            fail(f"{run_dir} is not a run directory (config.yaml and last.safetensors expected); "
+                 "pass a directory that mlp-cli train created", EXIT_USAGE)
+        cfg = config.load(run_dir / "config.yaml", overrides)
+    else:
+        cfg = config.load(config_path, overrides)
+        run_dir = Path(out) if out else _default_run_dir(config_path)
+        if (run_dir / "last.safetensors").exists():
+            fail(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out",
+                 EXIT_USAGE)
+    _pitfall_warnings(cfg)
+    console = training.Console(quiet=quiet)
+    try:
+        result = training.fit(cfg, run_dir, resume=bool(resume_dir), console=console)
+    except training.Interrupted as e:
+        fail(str(e), EXIT_INTERRUPTED)
+    best = "-" if result.best_val_acc is None else f"{100 * result.best_val_acc:.2f}%"
+    test = "" if result.test is None else f", test accuracy {100 * result.test['accuracy']:.2f}%"
+    click.echo(f"done: {result.epochs} epochs, best validation accuracy {best} at epoch {result.best_epoch}"
+               f"{test}; run saved in {result.run_dir}")
+
+
+@main.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", "checkpoint_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="A .safetensors checkpoint written by mlp-cli train.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True,
+              help="Which split to evaluate on.")
+@click.option("--data-root", metavar="DIR", help="Where the data lives, if not where the run found it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (accuracy, loss, n, per_class_accuracy, "
+              "confusion_matrix).")
+@handle_errors
+def eval_(checkpoint_path, split, data_root, as_json):
+    """Evaluate a checkpoint: loss, accuracy, per-class accuracy, confusion matrix."""
+    import json
+
+    from mlp_cli.evaluate import evaluate_checkpoint, format_report
+
+    if split == "train":
+        _warn("evaluating on the training split measures how well the net fits, not how well it generalizes")
+    result = evaluate_checkpoint(checkpoint_path, split, data_root=data_root)
+    click.echo(json.dumps(result) if as_json else format_report(result))
+
+
+@main.command()
+@click.option("--input", "input_", metavar="HxWxC", help="One layer: the input size, e.g. 28x28x1 (HxW means one channel).")
+@click.option("--kernel", metavar="K", help="One layer: kernel size K (or KHxKW).")
+@click.option("--stride", metavar="S", help="Stride (default 1 for conv, the kernel size for --pool).")
+@click.option("--padding", metavar="P", default="0", show_default=True, help="Zero padding on each side.")
+@click.option("--dilation", metavar="D", default="1", show_default=True, help="Kernel dilation.")
+@click.option("--filters", type=click.IntRange(min=1), metavar="F", help="Number of filters (output channels) of the conv layer (default 1).")
+@click.option("--ceil-mode", is_flag=True, help="Round the output size up, as PyTorch's pooling ceil_mode=True.")
+@click.option("--pool", type=click.Choice(["max", "avg"]), is_flag=False, flag_value="max", default=None,
+              help="A pooling layer instead of a conv layer (--pool alone means max).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Network mode: every layer of this config's model.")
+@click.option("--batch-size", type=click.IntRange(min=1), metavar="N", help="Network mode: batch size for the activation memory (default: train.batch_size).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), help="Output format (default: table).")
+@click.option("--json", "as_json", is_flag=True, help="Shorthand for --format json.")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@handle_errors
+def convshape(input_, kernel, stride, padding, dilation, filters, ceil_mode, pool, config_path, batch_size, fmt,
+              as_json, overrides):
+    """Output sizes, weights and receptive fields of conv and pooling layers, as PyTorch computes them.
+
+    \b
+    One layer:  mlp-cli convshape --input 28x28x1 --kernel 5 --stride 2 [--filters 6]
+                mlp-cli convshape --input 7x7x64 --kernel 2 --pool max --ceil-mode
+    A network:  mlp-cli convshape --config configs/cifar10_cnn.yaml [--json] [KEY=VALUE ...]
+
+    Exits with code 2 when the shapes do not fit (the same check `train` runs before loading data).
+    """
+    from mlp_cli import convshape as cs
+    from mlp_cli import shapes
+
+    if as_json and fmt not in (None, "json"):
+        fail(f"--json and --format {fmt} contradict each other; pass one of them", EXIT_USAGE)
+    fmt = "json" if as_json else (fmt or "table")
+    ctx = click.get_current_context()
+    given = lambda name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE  # noqa: E731
+    layer_opts = ["input_", "kernel", "stride", "padding", "dilation", "filters", "ceil_mode", "pool"]
+
+    if config_path is not None:
+        used = [f"--{n.rstrip('_').replace('_', '-')}" for n in layer_opts if given(n)]
+        if used:
+            verb = "belongs" if len(used) == 1 else "belong"
+            fail(f"--config describes a whole network; {', '.join(used)} {verb} to one-layer mode (--input ... --kernel ...)", EXIT_USAGE)
+        from mlp_cli.config import load
+
+        cfg = load(config_path, overrides)
+        input_shape = shapes.dataset_input_shape(cfg.data)
+        infos = shapes.resolve(input_shape, [layer.model_dump() for layer in cfg.model.layers])
+        report = cs.network_report(input_shape, infos, batch_size or cfg.train.batch_size,
+                                   source=str(config_path), dataset=cfg.data.dataset)
+        render = {"table": cs.network_table, "json": cs.to_json, "csv": cs.network_csv}[fmt]
+        click.echo(render(report))
+        return
+
+    if input_ is None:
+        fail("pass --input HxWxC --kernel K for one layer, or --config FILE for a network", EXIT_USAGE)
+    if overrides:
+        fail(f"unexpected argument {overrides[0]!r}: KEY=VALUE overrides go with --config", EXIT_USAGE)
+    if given("batch_size"):
+        fail("--batch-size goes with --config (activation memory of a network)", EXIT_USAGE)
+    if kernel is None:
+        fail("--kernel K is required with --input, e.g. --input 28x28x1 --kernel 5", EXIT_USAGE)
+    try:
+        h, w, c = cs.parse_input(input_)
+        k = cs.parse_size(kernel, "--kernel", 1)
+        s = cs.parse_size(stride, "--stride", 1) if stride is not None else None
+        p = cs.parse_size(padding, "--padding", 0)
+        d = cs.parse_size(dilation, "--dilation", 1)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE)
+    report = cs.layer_report(h, w, c, k, s, p, d, filters=filters, ceil_mode=ceil_mode, pool=pool)
+    render = {"table": cs.layer_text, "json": cs.to_json, "csv": cs.layer_csv}[fmt]
+    click.echo(render(report))
 
 
 if __name__ == "__main__":

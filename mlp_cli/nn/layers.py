@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlp_cli.shapes import conv_output_size, pool_output_size
+
 
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
@@ -108,8 +110,8 @@ class Conv2d(Layer):
             self.params["bias"] = np.zeros(out_channels, dtype)
 
     def output_size(self, h, w):
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
+                     zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
 
     def _weight_matrix(self):
         """(F, C, kh, kw) -> (kh*kw*C, F), the order of an im2col row."""
@@ -161,15 +163,6 @@ class Conv2d(Layer):
 
 
 # ----------------------------------------------------------------------------- pooling
-def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
-    """PyTorch's pooling output size, including its ceil_mode rule."""
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1  # the last window would start inside the right padding
-    return out
-
-
 class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
