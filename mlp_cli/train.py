@@ -164,19 +164,20 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | 
                               "a resumed run keeps its model section")
         model.load_state_dict(ckpt.state)
         optimizer.load_state_dict(opt_state)
-        best_epoch, best_acc = info.get("best_epoch"), info.get("best_val_acc")
+        best_epoch, best_acc, best_loss = info.get("best_epoch"), info.get("best_val_acc"), info.get("best_val_loss")
         rows = _read_metrics(metrics_path, start)
         if start >= cfg.train.epochs:
             console.line(f"{run_dir} already has {start} epochs; raise train.epochs to train further")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        start, best_epoch, best_acc, rows = 0, None, None, []
+        start, best_epoch, best_acc, best_loss, rows = 0, None, None, None, []
     checkpoint.atomic_write_text(run_dir / "config.yaml", _yaml(resolved))
 
     def save_last(epoch):
         with deferred_interrupt():
             checkpoint.save_training_state(last_path, optimizer.state_dict(), epoch=epoch,
-                                           info={"best_epoch": best_epoch, "best_val_acc": best_acc})
+                                           info={"best_epoch": best_epoch, "best_val_acc": best_acc,
+                                                 "best_val_loss": best_loss})
             checkpoint.save(last_path, model, epoch=epoch, **meta)
 
     if not resume:
@@ -217,10 +218,13 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | 
 
             val = evaluate(model, val_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
                            augment=cfg.data.augment)
-            val_acc = val["accuracy"]
-            improved = val_acc is not None and (best_acc is None or val_acc > best_acc)
+            val_acc, val_loss = val["accuracy"], val["loss"]
+            # Best = highest validation accuracy; on a tie (frequent with small validation
+            # sets) the lower validation loss wins.
+            improved = val_acc is not None and (best_acc is None or val_acc > best_acc
+                                                or (val_acc == best_acc and val_loss < best_loss))
             if improved or val_acc is None:
-                best_epoch, best_acc = epoch + 1, val_acc
+                best_epoch, best_acc, best_loss = epoch + 1, val_acc, val_loss
             rows.append({"epoch": epoch + 1, "train_loss": f"{loss_sum / seen:.6f}", "train_acc": f"{correct / seen:.6f}",
                          "val_loss": "" if val["loss"] is None else f"{val['loss']:.6f}",
                          "val_acc": "" if val_acc is None else f"{val_acc:.6f}", "lr": f"{lr:.8g}",

@@ -1,0 +1,83 @@
+"""Where a training step's time goes: forward and backward of each layer, loss, optimizer, data.
+
+    python benchmarks/profile_layers.py configs/cifar10_cnn.yaml [--steps 10]
+
+Runs `--steps` training steps on random data of the config's input shape (batch size from the
+config) and prints the median time of each layer's forward and backward, the loss, the
+optimizer update and the data pipeline (a batch of uint8 images cropped, flipped and
+normalized as the config says), per step and extrapolated to an epoch of 50,000 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from mlp_cli import config, shapes
+from mlp_cli.data import Split, batches
+from mlp_cli.nn.losses import softmax_cross_entropy
+from mlp_cli.nn.model import build
+from mlp_cli.nn.optim import Optimizer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--epoch-size", type=int, default=50_000)
+    args = parser.parse_args()
+
+    cfg = config.load(args.config)
+    input_shape = shapes.dataset_input_shape(cfg.data)
+    infos = shapes.resolve(input_shape, [layer.model_dump() for layer in cfg.model.layers])
+    model = build(shapes.architecture(infos))
+    model.layers[0].needs_input_grad = False
+    optimizer = Optimizer(cfg.optim)
+    B = cfg.train.batch_size
+    rng = np.random.default_rng(0)
+
+    native = shapes.dataset_input_shape(cfg.data.model_copy(update={"augment": config.Augment()}))
+    if len(native) == 3:
+        c, h, w = native
+        images = rng.integers(0, 256, (B * (args.steps + 1), h, w, c), dtype=np.uint8)
+    else:
+        images = rng.standard_normal((B * (args.steps + 1), native[0])).astype(np.float32)
+    split = Split(images, rng.integers(0, 10, len(images)), [str(i) for i in range(10)])
+    norm = {"mean": [0.5] * (native[0] if len(native) == 3 else 1), "std": [0.25] * (native[0] if len(native) == 3 else 1)}
+
+    times = defaultdict(list)
+    it = batches(split, B, train=True, rng=rng, normalization=norm, augment=cfg.data.augment)
+    for step in range(args.steps + 1):
+        t = time.perf_counter()
+        x, y = next(it)
+        times["data"].append(time.perf_counter() - t)
+        for i, layer in enumerate(model.layers):
+            t = time.perf_counter()
+            x = layer.forward(x)
+            times[f"{i:2d} {type(layer).__name__} forward"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        _, d = softmax_cross_entropy(x, y)
+        times["loss"].append(time.perf_counter() - t)
+        for i in reversed(range(len(model.layers))):
+            t = time.perf_counter()
+            d = model.layers[i].backward(d)
+            times[f"{i:2d} {type(model.layers[i]).__name__} backward"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        optimizer.step(model.named_params(), model.named_grads(), cfg.optim.lr)
+        times["optimizer"].append(time.perf_counter() - t)
+
+    per_epoch = args.epoch_size / B
+    medians = {k: statistics.median(v[1:]) for k, v in times.items()}  # drop the warm-up step
+    total = sum(medians.values())
+    print(f"{args.config}: batch {B}, {args.steps} steps; milliseconds per step and seconds per epoch of {args.epoch_size}")
+    for name, t in sorted(medians.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:28s} {1e3 * t:8.2f} ms  {t * per_epoch:7.2f} s  {100 * t / total:5.1f}%")
+    print(f"  {'total':28s} {1e3 * total:8.2f} ms  {total * per_epoch:7.2f} s")
+
+
+if __name__ == "__main__":
+    main()
