@@ -77,7 +77,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def _save_tensors(path, tensors: dict[str, np.ndarray], metadata: dict) -> None:
     from safetensors.numpy import save_file
 
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in tensors.items()}  # keeps 0-d arrays 0-d
     meta = {k: json.dumps(v) for k, v in metadata.items()}
     atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
 

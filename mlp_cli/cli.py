@@ -224,5 +224,111 @@ def convshape(input_, kernel, stride, padding, dilation, filters, ceil_mode, poo
     click.echo(render(report))
 
 
+# ----------------------------------------------------------------------------- report, gradcheck, predict
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Also write one PNG overlaying the runs' validation accuracy curves.")
+@handle_errors
+def report(run_dirs, fmt, plot_path):
+    """Compare runs: config differences, best validation accuracy, test accuracy, time per epoch.
+
+    \b
+    One row per RUN_DIR (a folder written by mlp-cli train):
+      mlp-cli report runs/cifar10_cnn-* runs/cifar10_cnn_improved-*
+      mlp-cli report runs/* --format markdown --plot ladder.png
+
+    \b
+    "config differences" lists, as key=value, the dotted config keys whose values are not
+    the same in every run. Accuracies: best validation accuracy and its epoch (metrics.csv),
+    test accuracy of best.safetensors (test_metrics.json, "-" if absent); s/epoch is the
+    median wall time of an epoch's training loop. Exit code 2 if a folder is not a run.
+    """
+    from mlp_cli import report as rep
+
+    try:
+        runs = rep.load_runs(run_dirs)
+    except rep.RunDirError as e:
+        fail(str(e), EXIT_USAGE)
+    click.echo(rep.FORMATS[fmt](runs))
+    if plot_path:
+        written = rep.plot_validation(runs, plot_path)
+        click.echo(f"validation curves of {len(runs)} run{'s' * (len(runs) != 1)} written to {written}", err=True)
+
+
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The config whose network to check.")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Random examples in the batch.")
+@click.option("--samples", type=click.IntRange(min=1), default=12, show_default=True,
+              help="Random entries checked per tensor.")
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="Largest relative error that passes.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the inputs, labels, sampled entries and dropout masks.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@handle_errors
+def gradcheck(config_path, batch, samples, threshold, seed, as_json, overrides):
+    """Check every layer's backward against central finite differences, in float64.
+
+    \b
+    mlp-cli gradcheck --config configs/cifar10_cnn_improved.yaml
+    mlp-cli gradcheck --config my_net.yaml --samples 50 --batch 4
+
+    Builds the config's network (its init and seed) in float64 and training mode (batch
+    statistics, a fixed dropout mask), runs random inputs of the config's input shape with
+    random labels through the loss, and compares the analytic gradient of every parameter
+    and of every layer's input with central differences (h = 1e-6) at --samples random
+    entries and along one random direction over the whole tensor (entries whose step
+    would cross a ReLU or max-pool kink are redrawn).
+    Exit code 0 when every relative error is at most --threshold, 1 otherwise
+    (naming the layer whose backward is the likely culprit), 2 for an invalid config.
+    """
+    import json
+
+    from mlp_cli import config
+    from mlp_cli import gradcheck as gc
+
+    cfg = config.load(config_path, overrides)
+    result = gc.check_config(cfg, batch=batch, samples=samples, seed=seed, threshold=threshold, source=str(config_path))
+    click.echo(json.dumps(gc.config_check_json(result), indent=2) if as_json else gc.format_config_check(result))
+    if not result.ok:
+        fail(result.summary(), EXIT_RUNTIME)
+
+
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", "checkpoint_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="A .safetensors checkpoint of an image model, written by mlp-cli train.")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of the most probable classes to list.")
+@click.option("--json", "as_json", is_flag=True, help='Print a JSON list of {"image", "class", "index", "top_k"}.')
+@handle_errors
+def predict(checkpoint_path, images, top_k, as_json):
+    """Classify image files: the predicted class and the top-k probabilities.
+
+    \b
+    mlp-cli predict --checkpoint runs/mnist_lenet5-x/best.safetensors digit.png
+    mlp-cli predict --checkpoint runs/cifar10_cnn-x/best.safetensors *.jpg --top-k 5 --json
+
+    Each image is converted to grayscale or RGB as the network expects, resized (bilinear)
+    to its training image size (then center-cropped if the run trained on crops) and
+    normalized with the checkpoint's mean and std, as evaluation does.
+    Exit code 1 for an unreadable image or checkpoint, 2 for a checkpoint that does not take images.
+    """
+    import json
+
+    from mlp_cli import predict as pr
+
+    try:
+        results = pr.predict_files(checkpoint_path, list(images), top_k=top_k)
+    except pr.NotAnImageModel as e:
+        fail(f"{checkpoint_path}: {e}", EXIT_USAGE)
+    click.echo(json.dumps(results, indent=2) if as_json else pr.format_predictions(results))
+
+
 if __name__ == "__main__":
     main()

@@ -181,7 +181,7 @@ class Optim(Strict):
 class Train(Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    eval_batch_size: int = Field(default=1000, ge=1)
+    eval_batch_size: int = Field(default=256, ge=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     plots: bool = True  # write curves.png, confusion.png, ... into the run directory
 

@@ -103,3 +103,312 @@ def check_network(model, x: np.ndarray, labels: np.ndarray, seed: int = 0, h: fl
     checks = [Check(name, relative_error(grads[name], numeric[name])) for name in params]
     checks.append(Check("input", relative_error(dx, numeric_x)))
     return checks
+
+
+# ----------------------------------------------------------------------------- sampled checks
+# A whole CIFAR-sized network has millions of parameters; central differences on every entry
+# would take hours. The sampled check perturbs a few random entries of each tensor instead and
+# compares them with the analytic gradient at the same entries, relative to the scale of the
+# whole analytic tensor (floored at SCALE_FLOOR, as relative_error does).
+#
+# It also checks, layer by layer, the gradient with respect to each layer's *input* (the
+# activation feeding it), re-running only the layers from there on. A wrong backward in layer k
+# makes that layer's input gradient the first wrong one counted from the output, so the report
+# can name the culprit even for a layer without parameters (ReLU, pooling, Flatten).
+#
+# Sampled entries can miss an error confined to a few entries (a ReLU backward that forgets its
+# mask is wrong only where the ReLU output is 0 and still receives a gradient: after max pooling,
+# about 1% of the entries). So every tensor is also checked along one random direction
+# v = (+-1 entries) / sqrt(m) spread over the whole tensor: (L(a + h v) - L(a - h v)) / 2h against
+# <analytic, v>, relative to the same scale. If every entry were off by e * scale with a random
+# sign the direction error would be about e, like the entry error; an error in a few entries
+# still shows far above the threshold. Being of unit length, the step moves the activations
+# about as much as a one-entry step does, so it crosses kinks as rarely. Exact zeros of an
+# activation (ReLU outputs) are left out of the direction: tied inside a max-pooling window,
+# each of them sits on a kink whatever h.
+#
+# Kinks: ReLU and max pooling are not differentiable where an activation crosses zero or two
+# window entries swap places. If a +-h perturbation flips any ReLU mask or max-pool choice the
+# central difference straddles a kink and measures nothing useful, so such an entry is skipped
+# and another one drawn (the report counts them). Dropout masks are fixed by giving every
+# dropout layer its own generator, re-seeded before each forward.
+
+
+@dataclass
+class SampledCheck:
+    name: str  # "0.weight" or "0.input"
+    layer: int
+    layer_type: str
+    tensor: str  # "weight", "bias", "input"
+    shape: tuple
+    checked: int
+    skipped: int  # entries drawn but skipped because a +-h step crosses a kink
+    error: float  # the larger of entry_error and direction_error
+    scale: float  # max |analytic| over the whole tensor (or a sampled |numeric|), at least SCALE_FLOOR
+    entry_error: float = 0.0  # max |analytic - numeric| over the checked entries / scale
+    direction_error: float | None = None  # |<analytic, v> - numeric| / scale, |v| = 1; None: every try hit a kink
+    worst_index: tuple | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.layer_type})"
+
+
+def _kink_state(layers) -> list[np.ndarray]:
+    """What decides which branch each kink takes: ReLU masks and max-pool choices."""
+    from mlp_cli.nn import layers as L
+
+    state = []
+    for layer in layers:
+        if isinstance(layer, L.ReLU):
+            state.append(layer.out > 0)
+        elif isinstance(layer, L.MaxPool2d):
+            state.append(layer.argmax.copy())
+    return state
+
+
+def _same_kinks(a, b) -> bool:
+    return all(np.array_equal(u, v) for u, v in zip(a, b))
+
+
+def sampled_check_network(model, x: np.ndarray, labels: np.ndarray, *, samples: int = 12, seed: int = 0,
+                          h: float = 1e-6, label_smoothing: float = 0.0, max_draws: int | None = None) -> list[SampledCheck]:
+    """Sampled central-difference check of every parameter tensor and every layer's input gradient.
+
+    The network must be float64 and in the mode to check (training mode: batch statistics,
+    dropout with a fixed mask). Returns one SampledCheck per tensor, in layer order: for each
+    layer its input gradient ("k.input", the network input for k = 0) and then its parameters.
+    """
+    from mlp_cli.nn import layers as L
+
+    layers = model.layers
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    rng = np.random.default_rng([seed, 7])
+    max_draws = max_draws or 4 * samples
+
+    def reseed():
+        for i, layer in enumerate(layers):
+            if isinstance(layer, L.Dropout):
+                layer.rng = np.random.default_rng([seed, i])
+
+    def run_from(k, a):
+        reseed()
+        for layer in layers[k:]:
+            a = layer.forward(a)
+        return a
+
+    # The reference pass: every layer's input (owned copies, contiguous) and its analytic gradient.
+    inputs, a = [], x
+    reseed()
+    for layer in layers:
+        inputs.append(np.ascontiguousarray(a))
+        a = layer.forward(inputs[-1])
+    logits = a
+    base_kinks = _kink_state(layers)
+    _, dout = softmax_cross_entropy(logits, labels, label_smoothing)
+    input_grads = [None] * len(layers)
+    param_grads = [None] * len(layers)
+    for k in range(len(layers) - 1, -1, -1):
+        layer = layers[k]
+        layer.needs_input_grad = True
+        dout = layer.backward(dout)
+        input_grads[k] = np.array(dout, dtype=np.float64)
+        param_grads[k] = {name: np.array(g, dtype=np.float64) for name, g in layer.grads.items()}
+
+    def check(k, tensor_name, array, analytic):
+        start = inputs[k]  # perturbing `array` in place moves this input or one of layer k's parameters
+        flat = array.reshape(-1)
+        assert np.shares_memory(flat, array), "sampled checks need contiguous arrays"
+        aflat = analytic.reshape(-1)
+        scale = max(float(np.abs(aflat).max(initial=0.0)), SCALE_FLOOR)
+        order = rng.permutation(flat.size)[:max_draws]
+        worst, worst_at, checked, skipped = 0.0, None, 0, 0
+        for i in order:
+            if checked == min(samples, flat.size):
+                break
+            old = flat[i]
+            flat[i] = old + h
+            up = softmax_cross_entropy(run_from(k, start), labels, label_smoothing)[0]
+            kinks_up = _kink_state(layers[k:])
+            flat[i] = old - h
+            down = softmax_cross_entropy(run_from(k, start), labels, label_smoothing)[0]
+            kinks_down = _kink_state(layers[k:])
+            flat[i] = old
+            base = base_kinks[len(base_kinks) - len(kinks_up):]
+            if not (_same_kinks(kinks_up, base) and _same_kinks(kinks_down, base)):
+                skipped += 1
+                continue
+            numeric = (up - down) / (2 * h)
+            scale = max(scale, abs(numeric))
+            diff = abs(float(aflat[i]) - numeric)
+            if worst_at is None or diff > worst:
+                worst, worst_at = diff, tuple(int(j) for j in np.unravel_index(i, array.shape))
+            checked += 1
+        direction_error = None
+        saved = array.copy()
+        support = (saved != 0) if tensor_name == "input" else np.ones(array.shape, bool)
+        for _ in range(4 if support.any() else 0):  # a step crosses a kink now and then: draw another direction
+            v = rng.choice(np.array([-1.0, 1.0]), size=array.shape) * support / np.sqrt(support.sum())
+            array += h * v
+            up = softmax_cross_entropy(run_from(k, start), labels, label_smoothing)[0]
+            kinks_up = _kink_state(layers[k:])
+            array[...] = saved - h * v
+            down = softmax_cross_entropy(run_from(k, start), labels, label_smoothing)[0]
+            kinks_down = _kink_state(layers[k:])
+            array[...] = saved
+            base = base_kinks[len(base_kinks) - len(kinks_up):]
+            if _same_kinks(kinks_up, base) and _same_kinks(kinks_down, base):
+                numeric = (up - down) / (2 * h)
+                direction_error = abs(float((analytic * v).sum()) - numeric) / max(scale, abs(numeric))
+                break
+        layer = layers[k]
+        entry_error = worst / scale
+        result = SampledCheck(f"{k}.{tensor_name}", k, type(layer).__name__, tensor_name, tuple(array.shape),
+                              checked, skipped, max(entry_error, direction_error or 0.0), scale, entry_error,
+                              direction_error, worst_at)
+        return result
+
+    checks = []
+    for k, layer in enumerate(layers):
+        checks.append(check(k, "input", inputs[k], input_grads[k]))
+        for name, p in layer.params.items():
+            checks.append(check(k, name, p, param_grads[k][name]))
+    run_from(0, x)  # leave the caches of a normal forward behind
+    return checks
+
+
+# ----------------------------------------------------------------------------- a config's network
+@dataclass
+class ConfigCheck:
+    """The result of `check_config`: one SampledCheck per tensor, and how they were obtained."""
+
+    source: str
+    input_shape: list
+    batch: int
+    samples: int
+    threshold: float
+    seed: int
+    h: float
+    seconds: float
+    checks: list
+
+    def failed(self, c: SampledCheck) -> bool:
+        unchecked = c.checked == 0 and c.direction_error is None and bool(np.prod(c.shape))
+        return not c.error <= self.threshold or unchecked
+
+    @property
+    def failures(self) -> list[SampledCheck]:
+        return [c for c in self.checks if self.failed(c)]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def worst(self) -> SampledCheck:
+        return max(self.checks, key=lambda c: c.error)
+
+    @property
+    def culprit(self) -> SampledCheck | None:
+        """The failing check of the highest layer: a wrong backward in layer k corrupts the
+        gradients of layer k and everything before it, never after, so that is where to look."""
+        failures = self.failures
+        if not failures:
+            return None
+        top = max(c.layer for c in failures)
+        return max((c for c in failures if c.layer == top), key=lambda c: c.error)
+
+    def summary(self) -> str:
+        worst = self.worst
+        if self.ok:
+            return (f"ok: all {len(self.checks)} gradients within {self.threshold:g} "
+                    f"(worst {worst.error:.1e}, {worst.label}) in {self.seconds:.1f} s")
+        culprit = self.culprit
+        return (f"gradient check failed: {len(self.failures)} of {len(self.checks)} gradients above "
+                f"{self.threshold:g}; the first wrong one counted from the output is {culprit.label} "
+                f"(relative error {culprit.error:.1e}), so the backward of layer {culprit.layer} "
+                f"({culprit.layer_type}) is the likely culprit; worst: {worst.label} {worst.error:.1e}")
+
+
+def check_config(cfg, *, batch: int = 2, samples: int = 12, seed: int = 0, threshold: float = 1e-6,
+                 h: float = 1e-6, source: str = "config") -> ConfigCheck:
+    """Sampled gradient check of a config's network in float64 and training mode, on standard-normal
+    inputs of the config's input shape and random labels. The weights are initialized as training
+    would (the config's init and seed); inputs, labels, sampled entries and dropout masks come from
+    `seed`. Raises ShapeError/ConfigError when the network does not fit its data."""
+    import time
+
+    from mlp_cli import shapes
+    from mlp_cli.config import ConfigError
+    from mlp_cli.nn.model import build
+    from mlp_cli.train import check_network as check_shapes
+
+    input_shape, infos = check_shapes(cfg)
+    out = infos[-1].output_shape
+    if len(out) != 1:
+        raise ConfigError(f"invalid config: the network ends with output shape {out}; the loss needs one score "
+                          "per class, so end with {type: flatten} and {type: linear, out_features: CLASSES}")
+    model = build(shapes.architecture(infos), rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
+                  init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=np.float64).train()
+    rng = np.random.default_rng([seed, 1])
+    x = rng.standard_normal((batch, *input_shape))
+    labels = rng.integers(0, out[0], batch)
+    started = time.perf_counter()
+    checks = sampled_check_network(model, x, labels, samples=samples, seed=seed, h=h,
+                                   label_smoothing=cfg.train.label_smoothing)
+    return ConfigCheck(source, list(input_shape), batch, samples, threshold, seed, h,
+                       time.perf_counter() - started, checks)
+
+
+def format_config_check(report: ConfigCheck) -> str:
+    """The terminal table: one row per tensor, in layer order, then the verdict."""
+    shape = lambda s: "x".join(map(str, s)) or "scalar"  # noqa: E731
+    rows = [(c.label, shape(c.shape), str(c.checked), str(c.skipped) if c.skipped else "", f"{c.entry_error:.1e}",
+             "at kink" if c.direction_error is None else f"{c.direction_error:.1e}",
+             "FAIL" if report.failed(c) else "ok") for c in report.checks]
+    head = ("tensor", "shape", "entries", "at kink", "entry error", "direction error", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    right = (False, False, True, True, True, True, False)
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    layers = len({c.layer for c in report.checks})
+    lines = [
+        f"gradient check of {report.source}: {layers} layers in float64, training mode, "
+        f"batch {report.batch} x {report.input_shape}, seed {report.seed}",
+        f"central differences (h = {report.h:g}) at up to {report.samples} random entries of each tensor, "
+        "and along one random unit direction v (+-1/sqrt(m) entries) over all of it",
+        "entry error = max |analytic - numeric| / scale;  direction error = |<analytic, v> - numeric| / scale;",
+        f"scale = max(max |analytic|, {SCALE_FLOOR:g});  threshold {report.threshold:g} for both",
+        "k.input is the gradient of the loss with respect to the input of layer k, made by the backward of layers k and up",
+        "",
+        line(head),
+        *(line(r) for r in rows),
+    ]
+    if any(c.skipped for c in report.checks):
+        lines.append("(at kink: entries skipped and redrawn because a +-h step flips a ReLU or max-pool choice)")
+    if report.ok:
+        lines += ["", report.summary()]
+    else:  # the diagnosis goes to stderr with the exit code (see summary)
+        culprit = report.culprit
+        lines += ["", f"FAIL: {len(report.failures)} of {len(report.checks)} gradients above {report.threshold:g}; "
+                      f"likely culprit: the backward of layer {culprit.layer} ({culprit.layer_type})"]
+    return "\n".join(lines)
+
+
+def config_check_json(report: ConfigCheck) -> dict:
+    def item(c: SampledCheck):
+        return {"name": c.name, "layer": c.layer, "type": c.layer_type, "tensor": c.tensor, "shape": list(c.shape),
+                "checked": c.checked, "skipped_at_kink": c.skipped, "error": c.error, "entry_error": c.entry_error,
+                "direction_error": c.direction_error, "scale": c.scale,
+                "worst_index": None if c.worst_index is None else list(c.worst_index), "ok": not report.failed(c)}
+
+    culprit = report.culprit
+    return {"config": report.source, "input_shape": report.input_shape, "batch": report.batch,
+            "samples": report.samples, "seed": report.seed, "h": report.h, "threshold": report.threshold,
+            "seconds": round(report.seconds, 3), "ok": report.ok, "max_error": report.worst.error,
+            "worst": report.worst.name, "culprit": None if culprit is None else {"layer": culprit.layer,
+                                                                                 "type": culprit.layer_type,
+                                                                                 "name": culprit.name},
+            "checks": [item(c) for c in report.checks]}

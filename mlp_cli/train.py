@@ -125,7 +125,7 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | 
     """Train `cfg` into `run_dir` (or continue the run there). Raises ConfigError/ShapeError
     before anything is written, DataError when data is missing, Divergence, Interrupted."""
     from mlp_cli import data
-    from mlp_cli.evaluate import evaluate, evaluate_checkpoint
+    from mlp_cli.evaluate import evaluate, metrics_from_logits, predict
     from mlp_cli.nn.losses import softmax_cross_entropy
     from mlp_cli.nn.model import build
     from mlp_cli.nn.optim import Optimizer, lr_at
@@ -173,15 +173,15 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | 
         start, best_epoch, best_acc, best_loss, rows = 0, None, None, None, []
     checkpoint.atomic_write_text(run_dir / "config.yaml", _yaml(resolved))
 
-    def save_last(epoch):
-        with deferred_interrupt():
-            checkpoint.save_training_state(last_path, optimizer.state_dict(), epoch=epoch,
-                                           info={"best_epoch": best_epoch, "best_val_acc": best_acc,
-                                                 "best_val_loss": best_loss})
-            checkpoint.save(last_path, model, epoch=epoch, **meta)
+    def save_last(epoch):  # callers hold Ctrl-C back (deferred_interrupt) around it
+        checkpoint.save_training_state(last_path, optimizer.state_dict(), epoch=epoch,
+                                       info={"best_epoch": best_epoch, "best_val_acc": best_acc,
+                                             "best_val_loss": best_loss})
+        checkpoint.save(last_path, model, epoch=epoch, **meta)
 
     if not resume:
-        save_last(0)  # so that Ctrl-C during the first epoch still leaves a run to resume
+        with deferred_interrupt():
+            save_last(0)  # so that Ctrl-C during the first epoch still leaves a run to resume
 
     epochs = cfg.train.epochs
     epoch_bar = console.progress(range(start, epochs), desc="epochs", unit="epoch", initial=start, total=epochs)
@@ -199,8 +199,9 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | 
                 total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
             started = time.perf_counter()
             for step, (x, y) in enumerate(bar):
-                logits = model.forward(x)
-                loss, dlogits = softmax_cross_entropy(logits, y, cfg.train.label_smoothing)
+                with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss, handled below
+                    logits = model.forward(x)
+                    loss, dlogits = softmax_cross_entropy(logits, y, cfg.train.label_smoothing)
                 if not math.isfinite(loss):
                     where = f"last good checkpoint: {last_path} (epoch {epoch})"
                     raise Divergence(
@@ -247,8 +248,20 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | 
 
     test = None
     if best_path.exists():
-        test = evaluate_checkpoint(best_path, "test", cfg=cfg)
+        best = checkpoint.load(best_path)
+        best_model = checkpoint.load_model(best)
+        test_split = data.load_splits(cfg.data, cfg.seed, ("test",))["test"]
+        logits = predict(best_model, test_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
+                         augment=cfg.data.augment)
+        test = {"split": "test", "checkpoint": str(best_path), "epoch": best.metadata["epoch"], "classes": classes,
+                **metrics_from_logits(logits, test_split.y, len(classes))}
         checkpoint.atomic_write_text(run_dir / "test_metrics.json", json.dumps(test, indent=2) + "\n")
+        if cfg.train.plots:
+            from mlp_cli import pictures
+
+            pictures.draw_run(run_dir, metrics=rows, classes=classes, confusion=test["confusion_matrix"],
+                              model=best_model, test_split=test_split, test_logits=logits, train_split=train_split,
+                              normalization=norm)
     return RunResult(run_dir, len(rows), best_epoch, best_acc, test)
 
 

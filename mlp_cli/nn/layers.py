@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlp_cli.nn.parallel import over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
 
 
@@ -118,27 +119,38 @@ class Conv2d(Layer):
         F = self.params["weight"].shape[0]
         return self.params["weight"].transpose(2, 3, 1, 0).reshape(-1, F)
 
+    def _scratch(self, name, shape, dtype, zero=False):
+        """A buffer kept between calls (never handed out), so big arrays are not re-allocated
+        and page-faulted in every step. A zeroed buffer stays zero where it is never written."""
+        buf = self.__dict__.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            self.__dict__[name] = buf
+        return buf
+
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, F, Ho, Wo) with Ho = floor((H + 2p - d(k-1) - 1)/s) + 1."""
         xh = _nhwc(x)
         N, H, W, C = xh.shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         Ho, Wo = self.output_size(H, W)
-        if ph or pw:
-            xp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), xh.dtype)
-            xp[:, ph:ph + H, pw:pw + W, :] = xh
-        else:
-            xp = xh
-        # im2col: one strided copy per kernel offset into (N, Ho, Wo, kh, kw, C).
-        cols = np.empty((N, Ho, Wo, kh, kw, C), xh.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, :, :, i, j, :] = xp[:, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), :]
-        cols = cols.reshape(N * Ho * Wo, kh * kw * C)
-        out = cols @ self._weight_matrix()
+        # The padded copy's border is written once (zeros) and only its interior afterwards.
+        xp = self._scratch("_padded", (N, H + 2 * ph, W + 2 * pw, C), xh.dtype, zero=True) if ph or pw else xh
+        cols = self._scratch("_cols", (N, Ho, Wo, kh, kw, C), xh.dtype)
+
+        def im2col(b0, b1):  # one strided copy per kernel offset
+            if ph or pw:
+                xp[b0:b1, ph:ph + H, pw:pw + W, :] = xh[b0:b1]
+            for i in range(kh):
+                for j in range(kw):
+                    cols[b0:b1, :, :, i, j, :] = xp[b0:b1, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), :]
+
+        over_batch(im2col, N, cols.size)
+        cols2d = cols.reshape(N * Ho * Wo, kh * kw * C)
+        out = cols2d @ self._weight_matrix()
         if "bias" in self.params:
             out += self.params["bias"]
-        self.cols, self.in_shape = cols, (N, H, W, C)
+        self.cols, self.in_shape = cols2d, (N, H, W, C)
         return _nchw(out.reshape(N, Ho, Wo, -1))
 
     def backward(self, dout):
@@ -154,11 +166,17 @@ class Conv2d(Layer):
         if not self.needs_input_grad:
             return None
         # col2im: each kernel offset adds its share of the column gradient back.
-        dcols = (d2 @ self._weight_matrix().T).reshape(N, Ho, Wo, kh, kw, C)
+        dcols = self._scratch("_dcols", (N * Ho * Wo, kh * kw * C), d2.dtype)
+        np.matmul(d2, self._weight_matrix().T, out=dcols)
+        dcols = dcols.reshape(N, Ho, Wo, kh, kw, C)
         dxp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), d2.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                dxp[:, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), :] += dcols[:, :, :, i, j, :]
+
+        def col2im(b0, b1):
+            for i in range(kh):
+                for j in range(kw):
+                    dxp[b0:b1, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), :] += dcols[b0:b1, :, :, i, j, :]
+
+        over_batch(col2im, N, dcols.size)
         return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
 
 
@@ -205,13 +223,21 @@ class MaxPool2d(_Pool2d):
         N, H, W, C = xh.shape
         Ho, Wo, Hp, Wp = self._geometry(H, W)
         xp = self._padded(xh, Hp, Wp, -np.inf)
-        out = np.full((N, Ho, Wo, C), -np.inf, xh.dtype)
-        argmax = np.zeros((N, Ho, Wo, C), np.uint8)
-        for k, window in self._offsets(Ho, Wo):
-            v = xp[window]
-            better = v > out  # strict: keeps the first maximum, as PyTorch does
-            np.copyto(out, v, where=better)
-            argmax[better] = k
+        out = np.empty((N, Ho, Wo, C), xh.dtype)
+        argmax = np.zeros((N, Ho, Wo, C), np.uint8)  # which kernel offset holds each maximum
+
+        def pool(b0, b1):
+            o, a = out[b0:b1], argmax[b0:b1]
+            for k, window in self._offsets(Ho, Wo):
+                v = xp[b0:b1][window]
+                if k == 0:
+                    o[...] = v
+                    continue
+                better = v > o  # strict: keeps the first maximum, as PyTorch does
+                np.copyto(o, v, where=better)
+                np.copyto(a, k, where=better)
+
+        over_batch(pool, N, xp.size)
         self.argmax, self.geometry, self.in_shape = argmax, (Ho, Wo, Hp, Wp), xh.shape
         return _nchw(out)
 
@@ -222,8 +248,13 @@ class MaxPool2d(_Pool2d):
         ph, pw = self.padding
         dh = _nhwc(dout)
         dxp = np.zeros((N, Hp, Wp, C), dout.dtype)
-        for k, window in self._offsets(Ho, Wo):
-            dxp[window] += np.where(self.argmax == k, dh, 0)
+
+        def route(b0, b1):
+            d, a, dx = dh[b0:b1], self.argmax[b0:b1], dxp[b0:b1]
+            for k, window in self._offsets(Ho, Wo):
+                dx[window] += np.where(a == k, d, 0)
+
+        over_batch(route, N, dxp.size)
         return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
 
 
@@ -272,27 +303,48 @@ class AvgPool2d(_Pool2d):
 
 
 # ----------------------------------------------------------------------------- activations
+def _elementwise(fn, *arrays):
+    """out = fn(*arrays) (same shape and memory layout), computed over batch ranges in parallel."""
+    out = np.empty_like(arrays[0])
+
+    def run(b0, b1):
+        fn(*(a[b0:b1] for a in arrays), out=out[b0:b1])
+
+    over_batch(run, len(out), out.size)
+    return out
+
+
+def _relu_grad(dout, out, *, out_):
+    np.multiply(dout, out > 0, out=out_)
+
+
+def _tanh_grad(dout, y, *, out_):
+    np.multiply(y, y, out=out_)  # tanh^2
+    np.subtract(1, out_, out=out_)
+    out_ *= dout
+
+
 class ReLU(Layer):
     """max(x, 0), element-wise; any shape."""
 
     def forward(self, x):
-        self.out = np.maximum(x, 0)
+        self.out = _elementwise(lambda a, out: np.maximum(a, 0, out=out), x)
         return self.out
 
     def backward(self, dout):
-        return dout * (self.out > 0)
+        return _elementwise(lambda d, y, out: _relu_grad(d, y, out_=out), dout, self.out)
 
 
 class Tanh(Layer):
     """tanh, element-wise; any shape. Seed: h = tanh(h~), and dh/dh~ = 1 - tanh^2(h~)."""
 
     def forward(self, x):
-        self.out = np.tanh(x)
+        self.out = _elementwise(lambda a, out: np.tanh(a, out=out), x)
         return self.out
 
     def backward(self, dout):
         # grad h~ = (1 - tanh^2(h~)) * grad h  (the seed's grad h~ line, element-wise)
-        return dout * (1 - self.out * self.out)
+        return _elementwise(lambda d, y, out: _tanh_grad(d, y, out_=out), dout, self.out)
 
 
 class Sigmoid(Layer):

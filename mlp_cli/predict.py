@@ -1,0 +1,148 @@
+"""Predict the class of image files with a checkpoint: `mlp-cli predict --checkpoint FILE IMAGE...`.
+
+Each image goes through the steps the evaluation pipeline applies to a dataset image:
+
+1. decoded with Pillow and converted to "L" (one channel) or "RGB" (three), as the checkpoint's
+   input_shape [C, H, W] asks;
+2. resized (bilinear) to the size of the images the network was trained on, when different. For a
+   run with `data.augment.crop` that is the dataset's image size (32x32 for CIFAR), and the image is
+   then center-cropped to the crop size, as evaluation does; otherwise it is the input H x W;
+3. scaled to [0, 1] and normalized per channel with the checkpoint's mean and std, in float32, and
+   laid out as the NCHW view of channels-last memory that the data pipeline yields.
+
+The network runs in eval mode; probabilities are the softmax of its logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlp_cli.errors import RuntimeFailure
+
+BATCH = 256
+
+
+class ImageError(RuntimeFailure):
+    """An image file that cannot be opened or decoded (exit code 1)."""
+
+
+class NotAnImageModel(ValueError):
+    """The checkpoint's network does not take images (the CLI exits with code 2)."""
+
+
+@dataclass
+class Geometry:
+    channels: int
+    resize_to: tuple[int, int]  # (H, W) the image is resized to
+    crop: tuple[int, int] | None  # (H, W) of the center crop after resizing, or None
+
+
+def geometry(ckpt) -> Geometry:
+    """How an image file becomes the network's input, from the checkpoint's metadata."""
+    shape = list(ckpt.input_shape)
+    if len(shape) != 3:
+        dataset = (ckpt.config or {}).get("data", {}).get("dataset") if isinstance(ckpt.config, dict) else None
+        origin = f" ({dataset} data)" if dataset else ""
+        raise NotAnImageModel(
+            f"this checkpoint's network takes {shape[0] if shape else 0} features per example{origin}, "
+            "not images; predict works with checkpoints of image models (input shape [C, H, W])")
+    c, h, w = (int(v) for v in shape)
+    data = ckpt.config.get("data", {}) if isinstance(ckpt.config, dict) else {}
+    crop = ((data or {}).get("augment") or {}).get("crop")
+    if crop:
+        try:
+            from mlp_cli import shapes
+
+            uncropped = {**data, "augment": {**data["augment"], "crop": None}}
+            _, full_h, full_w = shapes.dataset_input_shape(uncropped)
+        except Exception:  # an unusual recorded config: fall back to resizing straight to the input
+            full_h, full_w = h, w
+        if (full_h, full_w) != (h, w) and full_h >= h and full_w >= w:
+            return Geometry(c, (full_h, full_w), (h, w))
+    return Geometry(c, (h, w), None)
+
+
+def load_image(path, geo: Geometry) -> np.ndarray:
+    """The image as uint8 (H, W, C) of the network's input size (ImageError if unreadable)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if geo.channels == 1 else "RGB")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupted files
+        raise ImageError(f"{path}: cannot read the image ({e})") from None
+    th, tw = geo.resize_to
+    if img.size != (tw, th):
+        img = img.resize((tw, th), Image.BILINEAR)
+    u8 = np.asarray(img, dtype=np.uint8)
+    if u8.ndim == 2:
+        u8 = u8[:, :, None]
+    if geo.crop is not None:
+        ch, cw = geo.crop
+        top, left = (th - ch) // 2, (tw - cw) // 2
+        u8 = u8[top:top + ch, left:left + cw, :]
+    return np.ascontiguousarray(u8)
+
+
+def normalize(u8: np.ndarray, normalization: dict | None) -> np.ndarray:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W), the NCHW view of channels-last memory:
+    (u8 / 255 - mean) / std per channel, as the data pipeline computes it."""
+    x = u8.astype(np.float32) / np.float32(255)
+    if normalization:
+        mean = np.asarray(normalization["mean"], np.float32)
+        std = np.asarray(normalization["std"], np.float32)
+        x = (x - mean) / std
+    return x.transpose(0, 3, 1, 2)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_files(checkpoint_path, images, *, top_k: int = 3) -> list[dict]:
+    """One result per image: {"image", "class", "index", "top_k": [{"class", "index", "probability"}]}."""
+    from mlp_cli import checkpoint
+
+    ckpt = checkpoint.load(checkpoint_path)
+    geo = geometry(ckpt)
+    arrays = np.stack([load_image(p, geo) for p in images]) if images else np.zeros((0, 1, 1, geo.channels), np.uint8)
+    model = checkpoint.load_model(ckpt)
+    probs = np.concatenate([softmax(model.forward(normalize(arrays[i:i + BATCH], ckpt.normalization)))
+                            for i in range(0, len(arrays), BATCH)]) if len(arrays) else np.zeros((0, 0))
+    classes = [str(c) for c in ckpt.classes]
+    if probs.size and probs.shape[1] != len(classes):
+        from mlp_cli.errors import CheckpointError
+
+        raise CheckpointError(f"{checkpoint_path}: the network gives {probs.shape[1]} scores but the checkpoint "
+                              f"names {len(classes)} classes")
+    k = min(top_k, len(classes))
+    results = []
+    for path, p in zip(images, probs):
+        order = np.argsort(-p, kind="stable")[:k]
+        top = [{"class": classes[i], "index": int(i), "probability": float(p[i])} for i in order]
+        results.append({"image": str(path), "class": top[0]["class"], "index": top[0]["index"], "top_k": top})
+    return results
+
+
+def format_predictions(results: list[dict]) -> str:
+    """One line per image: the predicted class and the top-k probabilities."""
+    width = max((len(r["image"]) for r in results), default=0)
+    lines = []
+    for r in results:
+        best = r["top_k"][0]
+        rest = ", ".join(f"{t['class']} {100 * t['probability']:.2f}%" for t in r["top_k"])
+        lines.append(f"{r['image']:<{width}}  {r['class']} ({100 * best['probability']:.2f}%)"
+                     f"   top {len(r['top_k'])}: {rest}")
+    return "\n".join(lines)

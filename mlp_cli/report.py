@@ -1,0 +1,331 @@
+"""Compare training runs: `mlp-cli report RUN_DIR... [--format table|markdown|csv|json] [--plot FILE.png]`.
+
+A row per run: what differs between the runs' configs (the resolved config.yaml of each run,
+flattened to dotted keys, shown as key=value), the best validation accuracy and its epoch, the
+test accuracy of best.safetensors (test_metrics.json) if the run got that far, the epochs done
+and the median wall time of an epoch's training loop (metrics.csv `seconds`).
+
+`model.layers` is compared layer by layer (`model.layers.3.out_channels`) when every run has the
+same sequence of layer types; otherwise, when layers were added or removed, the whole stack is one
+key shown in a compact notation (conv32k5p2-bn-relu-max2-...), since per-index keys would shift.
+
+Pure Python except --plot, which imports matplotlib when asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class RunDirError(ValueError):
+    """A path that is not a readable run directory (the CLI exits with code 2)."""
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    config: dict
+    metrics: list[dict]
+    test: dict | None
+    differences: dict = field(default_factory=dict)  # dotted key -> value (filled by compare)
+
+    @property
+    def epochs(self) -> int:
+        return int(float(self.metrics[-1]["epoch"])) if self.metrics else 0
+
+    @property
+    def planned_epochs(self) -> int | None:
+        return (self.config.get("train") or {}).get("epochs")
+
+    @property
+    def best(self) -> tuple[float | None, int | None]:
+        """Best validation accuracy and its epoch (the first epoch reaching it, as training keeps it)."""
+        best_acc, best_epoch = None, None
+        for row in self.metrics:
+            acc = _number(row.get("val_acc"))
+            if acc is not None and (best_acc is None or acc > best_acc):
+                best_acc, best_epoch = acc, int(float(row["epoch"]))
+        return best_acc, best_epoch
+
+    @property
+    def test_acc(self) -> float | None:
+        return None if not self.test else _number(self.test.get("accuracy"))
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        values = [v for v in (_number(r.get("seconds")) for r in self.metrics) if v is not None]
+        return statistics.median(values) if values else None
+
+    def val_curve(self) -> tuple[list[int], list[float]]:
+        epochs, accs = [], []
+        for row in self.metrics:
+            acc = _number(row.get("val_acc"))
+            if acc is not None:
+                epochs.append(int(float(row["epoch"])))
+                accs.append(acc)
+        return epochs, accs
+
+
+def _number(value) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# ----------------------------------------------------------------------------- reading
+def read_metrics(path) -> list[dict]:
+    """metrics.csv as a list of dicts of strings (empty list if the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_run(path) -> Run:
+    import yaml
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: not a run directory ({'no such folder' if not path.exists() else 'a file'}); "
+                          "pass folders that mlp-cli train created, e.g. runs/mnist_mlp-20261127-101500")
+    cfg_path = path / "config.yaml"
+    if not cfg_path.is_file():
+        raise RunDirError(f"{path}: not a run directory (no config.yaml); pass folders that mlp-cli train created")
+    try:
+        config = yaml.safe_load(cfg_path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RunDirError(f"{cfg_path}: cannot read the run's config ({e})") from None
+    if not isinstance(config, dict):
+        raise RunDirError(f"{cfg_path}: the run's config is not a YAML mapping")
+    try:
+        metrics = read_metrics(path / "metrics.csv")
+        if metrics and not {"epoch", "val_acc"} <= set(metrics[0]):
+            raise ValueError("columns epoch and val_acc expected")
+        for row in metrics:
+            int(float(row["epoch"]))
+    except (OSError, ValueError, TypeError, csv.Error) as e:
+        raise RunDirError(f"{path / 'metrics.csv'}: not a metrics file of mlp-cli train ({e})") from None
+    test = None
+    if (path / "test_metrics.json").is_file():
+        try:
+            test = json.loads((path / "test_metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"{path / 'test_metrics.json'}: unreadable ({e})") from None
+        if not isinstance(test, dict):
+            test = None
+    return Run(path, path.resolve().name, config, metrics, test)
+
+
+# ----------------------------------------------------------------------------- config differences
+_MISSING = object()
+
+
+def layer_notation(layer: dict) -> str:
+    """A compact name for one layer spec: conv32k5p2, max2ceil, fc1000, drop0.5, bn, relu."""
+    kind = str(layer.get("type", "?")).lower()
+
+    def size(v):
+        return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    def opt(prefix, v, default):
+        return "" if v is None or v == default or (isinstance(v, (list, tuple)) and all(x == default for x in v)) \
+            else f"{prefix}{size(v)}"
+
+    if kind == "linear":
+        return f"fc{layer.get('out_features')}" + ("" if layer.get("bias", True) else "nobias")
+    if kind == "conv2d":
+        return (f"conv{layer.get('out_channels')}k{size(layer.get('kernel_size'))}"
+                + opt("s", layer.get("stride"), 1) + opt("p", layer.get("padding"), 0)
+                + opt("d", layer.get("dilation"), 1) + ("" if layer.get("bias", True) else "nobias"))
+    if kind in ("maxpool2d", "avgpool2d"):
+        k = layer.get("kernel_size")
+        stride = layer.get("stride")
+        return (f"{kind[:3]}{size(k)}" + ("" if stride in (None, k) else f"s{size(stride)}")
+                + opt("p", layer.get("padding"), 0) + opt("d", layer.get("dilation"), 1)
+                + ("ceil" if layer.get("ceil_mode") else ""))
+    if kind == "dropout":
+        return f"drop{layer.get('p', 0.5):g}"
+    if kind.startswith("batchnorm"):
+        return "bn"
+    return kind
+
+
+def _layers_comparable(configs: list[dict]) -> bool:
+    stacks = [((c.get("model") or {}).get("layers")) for c in configs]
+    if not all(isinstance(s, list) for s in stacks):
+        return False
+    kinds = [[str(l.get("type", "")).lower() if isinstance(l, dict) else None for l in s] for s in stacks]
+    return all(k == kinds[0] for k in kinds)
+
+
+def flatten(config, prefix: str = "", *, split_layers: bool = True) -> dict:
+    """Dotted keys -> scalar values (lists of scalars stay whole; model.layers see the module doc)."""
+    out = {}
+    if isinstance(config, dict):
+        for k, v in config.items():
+            key = f"{prefix}{k}"
+            if key == "model.layers" and isinstance(v, list) and not split_layers:
+                out[key] = "-".join(layer_notation(l) if isinstance(l, dict) else str(l) for l in v)
+            elif isinstance(v, dict) or (isinstance(v, list) and any(isinstance(i, (dict, list)) for i in v)):
+                if isinstance(v, list):
+                    v = {str(i): item for i, item in enumerate(v)}
+                out.update(flatten(v, key + ".", split_layers=split_layers))
+            else:
+                out[key] = v
+    return out
+
+
+def compare(runs: list[Run]) -> list[str]:
+    """Fill each run's `differences` with the keys whose values are not all equal; return the keys."""
+    if len(runs) < 2:
+        for run in runs:
+            run.differences = {}
+        return []
+    split = _layers_comparable([r.config for r in runs])
+    flats = [flatten(r.config, split_layers=split) for r in runs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    differing = [k for k in keys if len({json.dumps(f.get(k, "<unset>"), sort_keys=True, default=str) for f in flats}) > 1]
+    for run, f in zip(runs, flats):
+        run.differences = {k: f.get(k, _MISSING) for k in differing}
+    return differing
+
+
+def format_value(value) -> str:
+    if value is _MISSING:
+        return "(unset)"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _pairs(run: Run) -> list[str]:
+    return [f"{k}={format_value(v)}" for k, v in run.differences.items()]
+
+
+# ----------------------------------------------------------------------------- output
+def load_runs(paths) -> list[Run]:
+    runs = [load_run(p) for p in paths]
+    names = [r.name for r in runs]
+    for r in runs:  # two runs with the same folder name: show the parent too
+        if names.count(r.name) > 1:
+            r.name = f"{r.path.resolve().parent.name}/{r.name}"
+    compare(runs)
+    return runs
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _epochs(run: Run) -> str:
+    planned = run.planned_epochs
+    return str(run.epochs) if planned in (None, run.epochs) else f"{run.epochs}/{planned}"
+
+
+def _secs(v):
+    return "-" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
+
+
+HEADERS = ("run", "best val acc", "at epoch", "test acc", "epochs", "s/epoch", "config differences")
+
+
+def _cells(run: Run) -> list[str]:
+    acc, epoch = run.best
+    return [run.name, _pct(acc), "-" if epoch is None else str(epoch), _pct(run.test_acc), _epochs(run),
+            _secs(run.seconds_per_epoch)]
+
+
+def table(runs: list[Run], width: int | None = None) -> str:
+    """Aligned columns for the terminal; the differences are the last column, wrapped."""
+    import shutil
+    import textwrap
+
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    rows = [_cells(r) for r in runs]
+    widths = [max(len(x) for x in col) for col in zip(HEADERS[:-1], *rows)]
+    right = (False, True, True, True, True, True)
+
+    def fixed(cells):
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right))
+
+    indent = sum(widths) + 2 * len(widths)
+    room = max(30, width - indent)
+    lines = [fixed(HEADERS[:-1]) + "  " + HEADERS[-1]]
+    for run, cells in zip(runs, rows):
+        pairs = _pairs(run)
+        text = "  ".join(pairs) if pairs else "-"
+        wrapped = textwrap.wrap(text, room, break_long_words=False, break_on_hyphens=False) or ["-"]
+        lines.append(fixed(cells) + "  " + wrapped[0])
+        lines += [" " * indent + more for more in wrapped[1:]]
+    if len(runs) == 1:
+        lines.append("(one run: nothing to compare its config with)")
+    return "\n".join(lines)
+
+
+def markdown(runs: list[Run]) -> str:
+    def esc(s):
+        return s.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(HEADERS) + " |", "| " + " | ".join(["---"] + ["---:"] * 5 + ["---"]) + " |"]
+    for run in runs:
+        diffs = ", ".join(f"`{p}`" for p in _pairs(run)) or "-"
+        lines.append("| " + " | ".join(esc(c) for c in _cells(run)) + " | " + esc(diffs) + " |")
+    return "\n".join(lines)
+
+
+def records(runs: list[Run]) -> list[dict]:
+    """Plain data for csv/json: fractions, not percentages; None where unknown."""
+    out = []
+    for run in runs:
+        acc, epoch = run.best
+        out.append({
+            "run": run.name, "path": str(run.path), "best_val_acc": acc, "best_epoch": epoch,
+            "test_acc": run.test_acc, "epochs": run.epochs, "planned_epochs": run.planned_epochs,
+            "seconds_per_epoch": run.seconds_per_epoch,
+            "differences": {k: (None if v is _MISSING else v) for k, v in run.differences.items()},
+        })
+    return out
+
+
+def to_csv(runs: list[Run]) -> str:
+    buf = io.StringIO()
+    cols = ["run", "best_val_acc", "best_epoch", "test_acc", "epochs", "planned_epochs", "seconds_per_epoch",
+            "differences", "path"]
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for run, rec in zip(runs, records(runs)):
+        rec = {**rec, "differences": "; ".join(_pairs(run))}
+        writer.writerow({k: "" if rec[k] is None else rec[k] for k in cols})
+    return buf.getvalue().rstrip("\n")
+
+
+def to_json(runs: list[Run]) -> str:
+    return json.dumps(records(runs), indent=2)
+
+
+FORMATS = {"table": table, "markdown": markdown, "csv": to_csv, "json": to_json}
+
+
+def plot_validation(runs: list[Run], path, title: str | None = None) -> Path:
+    """One PNG: the validation accuracy per epoch of every run, one curve each, legend with run names."""
+    from mlp_cli.pictures import draw_validation_overlay
+
+    return draw_validation_overlay([(r.name, *r.val_curve()) for r in runs], path, title=title)

@@ -1,0 +1,155 @@
+"""`mlp-cli predict`: image files through a checkpoint, the same arithmetic as a direct forward."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from mlp_cli import checkpoint
+from mlp_cli.cli import main
+from mlp_cli.nn.model import build
+
+GRAY_ARCH = [
+    {"type": "Conv2d", "in_channels": 1, "out_channels": 3, "kernel_size": 3, "stride": 1, "padding": 1},
+    {"type": "ReLU"},
+    {"type": "MaxPool2d", "kernel_size": 2, "stride": 2, "padding": 0, "ceil_mode": False},
+    {"type": "Flatten"},
+    {"type": "Linear", "in_features": 3 * 4 * 4, "out_features": 4},
+]
+GRAY_NORM = {"mean": [0.31], "std": [0.27]}
+CLASSES = ["zero", "one", "two", "three"]
+
+
+def make_checkpoint(path, arch, input_shape, normalization, classes, config=None, seed=0):
+    model = build(arch, rng=np.random.default_rng(seed), weight_init="normal", init_std=0.6)
+    checkpoint.save(path, model, architecture=arch, input_shape=input_shape, normalization=normalization,
+                    classes=classes, config=config or {"data": {"dataset": "imagefolder"}}, epoch=1)
+    return path
+
+
+def reference(ckpt_path, u8):
+    """A direct forward of uint8 (N, H, W, C) normalized as the data pipeline does."""
+    ckpt = checkpoint.load(ckpt_path)
+    mean = np.asarray(ckpt.normalization["mean"], np.float32)
+    std = np.asarray(ckpt.normalization["std"], np.float32)
+    x = ((u8.astype(np.float32) / np.float32(255) - mean) / std).transpose(0, 3, 1, 2)
+    logits = checkpoint.load_model(ckpt).forward(x).astype(np.float64)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def save_png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["predict", *map(str, args)])
+
+
+@pytest.fixture
+def gray(tmp_path):
+    return make_checkpoint(tmp_path / "gray.safetensors", GRAY_ARCH, [1, 8, 8], GRAY_NORM, CLASSES)
+
+
+def test_json_equals_a_direct_forward(tmp_path, gray):
+    rng = np.random.default_rng(1)
+    u8 = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    files = [save_png(tmp_path / f"img{i}.png", u8[i]) for i in range(len(u8))]
+    result = run("--checkpoint", gray, *files, "--json", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    probs = reference(gray, u8[..., None])
+    assert [o["image"] for o in out] == [str(f) for f in files]
+    assert len({o["index"] for o in out}) > 1, "the test net should not predict one class for everything"
+    for o, p in zip(out, probs):
+        assert o["index"] == int(p.argmax()) and o["class"] == CLASSES[o["index"]]
+        assert [t["index"] for t in o["top_k"]] == list(np.argsort(-p)[:2])
+        assert [t["class"] for t in o["top_k"]] == [CLASSES[i] for i in np.argsort(-p)[:2]]
+        np.testing.assert_allclose([t["probability"] for t in o["top_k"]], np.sort(p)[::-1][:2], rtol=1e-6)
+        assert set(o) == {"image", "class", "index", "top_k"}
+
+
+def test_rgb_images_are_converted_and_resized_bilinear(tmp_path):
+    arch = [{"type": "Flatten"}, {"type": "Linear", "in_features": 3 * 6 * 5, "out_features": 3}]
+    ckpt = make_checkpoint(tmp_path / "rgb.safetensors", arch, [3, 6, 5],
+                           {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}, ["a", "b", "c"])
+    rng = np.random.default_rng(2)
+    big = rng.integers(0, 256, (13, 11, 3), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    files = [save_png(tmp_path / "big.png", big), save_png(tmp_path / "rgba.png", rgba),
+             save_png(tmp_path / "gray.png", big[:, :, 0])]
+    expected = np.stack([
+        np.asarray(Image.fromarray(big).resize((5, 6), Image.BILINEAR)),
+        rgba[:, :, :3],
+        np.asarray(Image.fromarray(big[:, :, 0]).convert("RGB").resize((5, 6), Image.BILINEAR)),
+    ])
+    result = run("--checkpoint", ckpt, *files, "--json", "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    probs = reference(ckpt, expected)
+    for o, p in zip(json.loads(result.stdout), probs):
+        np.testing.assert_allclose([t["probability"] for t in sorted(o["top_k"], key=lambda t: t["index"])], p,
+                                   rtol=1e-6)
+
+
+def test_crop_runs_take_the_center_crop_of_the_training_size(tmp_path):
+    """A run trained on 28x28 crops of 32x32 CIFAR images is evaluated on center crops: predict does the same."""
+    arch = [{"type": "Flatten"}, {"type": "Linear", "in_features": 3 * 28 * 28, "out_features": 10}]
+    config = {"data": {"dataset": "cifar10", "augment": {"crop": 28, "crop_padding": 0, "hflip": True}}}
+    ckpt = make_checkpoint(tmp_path / "crop.safetensors", arch, [3, 28, 28],
+                           {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}, [str(i) for i in range(10)], config)
+    rng = np.random.default_rng(3)
+    native = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    photo = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    files = [save_png(tmp_path / "native.png", native), save_png(tmp_path / "photo.png", photo)]
+    resized = np.asarray(Image.fromarray(photo).resize((32, 32), Image.BILINEAR))
+    expected = np.stack([native[2:30, 2:30], resized[2:30, 2:30]])
+    result = run("--checkpoint", ckpt, *files, "--json", "--top-k", "10")
+    assert result.exit_code == 0, result.output
+    for o, p in zip(json.loads(result.stdout), reference(ckpt, expected)):
+        np.testing.assert_allclose([t["probability"] for t in sorted(o["top_k"], key=lambda t: t["index"])], p,
+                                   rtol=1e-6)
+
+
+def test_text_output_one_line_per_image(tmp_path, gray):
+    files = [save_png(tmp_path / f"d{i}.png", np.full((8, 8), 40 * i, np.uint8)) for i in range(3)]
+    result = run("--checkpoint", gray, *files, "--top-k", "9")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith(str(f)) and "top 4:" in line for line, f in zip(lines, files))  # k capped at 4 classes
+
+
+def test_unreadable_image_exits_1_naming_it(tmp_path, gray):
+    good = save_png(tmp_path / "good.png", np.zeros((8, 8), np.uint8))
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    result = run("--checkpoint", gray, good, bad)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and str(bad) in result.stderr
+    result = run("--checkpoint", gray, tmp_path / "missing.png")
+    assert result.exit_code == 1 and "missing.png: image file not found" in result.stderr
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:40])
+    result = run("--checkpoint", gray, truncated)
+    assert result.exit_code == 1 and "truncated.png" in result.stderr
+
+
+def test_a_circles_checkpoint_is_a_usage_error(tmp_path):
+    arch = [{"type": "Linear", "in_features": 2, "out_features": 2}]
+    ckpt = make_checkpoint(tmp_path / "circles.safetensors", arch, [2], {"mean": [0, 0], "std": [1, 1]},
+                           ["outer", "inner"], {"data": {"dataset": "circles"}})
+    img = save_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+    result = run("--checkpoint", ckpt, img)
+    assert result.exit_code == 2
+    assert "takes 2 features per example (circles data), not images" in result.stderr
+
+
+def test_missing_checkpoint_exits_1(tmp_path):
+    img = save_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+    result = run("--checkpoint", tmp_path / "nope.safetensors", img)
+    assert result.exit_code == 1 and "checkpoint not found" in result.stderr

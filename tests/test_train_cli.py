@@ -1,0 +1,262 @@
+"""mlp-cli train / eval end to end on small generated data: outputs, resume, errors, signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from mlp_cli import checkpoint
+from mlp_cli.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MLP_CLI = [sys.executable, "-m", "mlp_cli.cli"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLP_CLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLP_CLI_DATA", str(tmp_path / "no-data-here"))
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """3 classes of 10x10 RGB images whose colour says the class, 24 train / 9 test each."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for split, n in (("train", 24), ("test", 9)):
+        for c, name in enumerate(["red", "green", "blue"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 90, (10, 10, 3), dtype=np.uint8)
+                img[..., c] += 120
+                Image.fromarray(img).save(folder / f"{i:03d}.png")
+    return root
+
+
+def write_config(path, **changes):
+    cfg = {
+        "seed": 3,
+        "data": {"dataset": "imagefolder", "root": None, "image_size": [10, 10], "val_size": 12,
+                 "augment": {"crop": 8, "crop_padding": 1, "hflip": True}},
+        "model": {"layers": [
+            {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+            {"type": "batchnorm2d"}, {"type": "relu"},
+            {"type": "maxpool2d", "kernel_size": 2, "ceil_mode": True},
+            {"type": "flatten"}, {"type": "dropout", "p": 0.3},
+            {"type": "linear", "out_features": 3}]},
+        "train": {"epochs": 4, "batch_size": 8, "plots": False},
+        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": {"name": "exponential", "gamma": 0.9}},
+    }
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def test_train_writes_the_run_directory_and_eval_reads_it(tmp_path, image_folder):
+    cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder)})
+    out = tmp_path / "run"
+    r = run("train", "--config", cfg, "--out", out, "train.epochs=2")
+    assert r.exit_code == 0, r.output
+    assert {"config.yaml", "metrics.csv", "last.safetensors", "best.safetensors", "test_metrics.json"} <= {
+        p.name for p in out.iterdir()}
+    header, *rows = (out / "metrics.csv").read_text().splitlines()
+    assert header.split(",")[:7] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert [r.split(",")[0] for r in rows] == ["1", "2"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["epochs"] == 2  # resolved, with overrides
+
+    r = run("eval", "--checkpoint", out / "best.safetensors", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["n"] == 27
+    assert len(result["per_class_accuracy"]) == 3
+    assert np.array(result["confusion_matrix"]).sum() == 27
+    assert np.trace(np.array(result["confusion_matrix"])) / 27 == pytest.approx(result["accuracy"])
+    assert result["accuracy"] == pytest.approx(json.loads((out / "test_metrics.json").read_text())["accuracy"])
+
+    meta = checkpoint.load(out / "best.safetensors").metadata
+    assert meta["input_shape"] == [3, 8, 8]
+    assert meta["classes"] == ["blue", "green", "red"]
+    assert len(meta["normalization"]["mean"]) == 3
+
+
+def test_same_seed_gives_identical_weights_and_resume_is_bit_identical(tmp_path, image_folder):
+    cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder)})
+    straight, resumed, other = tmp_path / "straight", tmp_path / "resumed", tmp_path / "other"
+    assert run("train", "--config", cfg, "--out", straight, "--quiet").exit_code == 0
+    assert run("train", "--config", cfg, "--out", resumed, "--quiet", "train.epochs=2").exit_code == 0
+    r = run("train", "--resume", resumed, "--quiet", "train.epochs=4")
+    assert r.exit_code == 0, r.output
+    a = checkpoint.load(straight / "last.safetensors").state
+    b = checkpoint.load(resumed / "last.safetensors").state
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    strip = lambda p: [line.rsplit(",", 1)[0] for line in (p / "metrics.csv").read_text().splitlines()]  # noqa: E731
+    assert strip(straight) == strip(resumed)
+    # And a different seed really changes the weights (the check above could not pass by accident).
+    assert run("train", "--config", cfg, "--out", other, "--quiet", "seed=4", "train.epochs=1").exit_code == 0
+    assert not np.array_equal(checkpoint.load(other / "last.safetensors").state["0.weight"], a["0.weight"])
+
+
+def test_checkpoint_loads_into_pytorch_with_the_same_predictions(tmp_path, image_folder):
+    import torch
+
+    from mlp_cli.data import batches, load_splits
+    from mlp_cli.interop import load_torch
+
+    cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder)})
+    assert run("train", "--config", cfg, "--out", tmp_path / "r", "--quiet", "train.epochs=2").exit_code == 0
+    path = tmp_path / "r" / "best.safetensors"
+    net, meta = load_torch(path)
+    ours = checkpoint.load_model(checkpoint.load(path))
+    from mlp_cli.config import validate
+
+    c = validate(meta["config"])
+    test = load_splits(c.data, c.seed, ("test",))["test"]
+    for x, _ in batches(test, 100, train=False, rng=None, normalization=meta["normalization"], augment=c.data.augment):
+        with torch.no_grad():
+            theirs = net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        mine = ours.forward(x)
+        assert np.abs(mine - theirs).max() <= 1e-4 * np.abs(theirs).max()
+        assert (mine.argmax(1) == theirs.argmax(1)).all()
+
+
+BAD = {
+    "malformed yaml": ("seed: [1, 2\n", "malformed YAML"),
+    "unknown key": ({"train.epoch": 3}, "did you mean 'train.epochs'"),
+    "wrong type": ({"train.batch_size": "big"}, "train.batch_size"),
+    "zero lr": ({"optim.lr": 0}, "optim.lr"),
+    "negative lr": ({"optim.lr": -0.1}, "optim.lr"),
+    "zero batch": ({"train.batch_size": 0}, "train.batch_size"),
+    "unknown dataset": ({"data.dataset": "mnst"}, "did you mean 'mnist'"),
+    "unknown layer": ({"model.layers": [{"type": "flatten"}, {"type": "lineer", "out_features": 3}]}, "did you mean 'linear'"),
+    "shapes do not fit": ({"model.layers": [{"type": "conv2d", "out_channels": 2, "kernel_size": 3},
+                                            {"type": "linear", "out_features": 3}]}, "flatten"),
+    "wrong class count": ({"data.dataset": "mnist", "model.layers": [{"type": "flatten"}, {"type": "linear", "out_features": 7}]},
+                          "10 classes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_exit_2_one_message_nothing_written(tmp_path, case):
+    change, expected = BAD[case]
+    path = tmp_path / "c.yaml"
+    if isinstance(change, str):
+        path.write_text(change)
+    else:
+        write_config(path, **change)
+    out = tmp_path / "run"
+    # A subprocess, so that the message, the exit code and the absence of a traceback are real.
+    r = subprocess.run([*MLP_CLI, "train", "--config", str(path), "--out", str(out)], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "MLP_CLI_DATA": str(tmp_path / "absent")})
+    assert r.returncode == 2, r.stderr
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not (tmp_path / "absent").exists()  # shapes and config are checked before any data is touched
+
+
+@pytest.mark.parametrize("override", ["optim.lr", "optim.lr=abc", "=3", "train..epochs=3", "optim.lr=[1,"])
+def test_bad_override_exit_2(tmp_path, image_folder, override):
+    cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder)})
+    r = run("train", "--config", cfg, "--out", tmp_path / "run", override)
+    assert r.exit_code == 2, r.output
+    assert "error:" in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_offline_names_the_folder_and_files(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    root = tmp_path / "empty"
+    r = run("train", "--config", ROOT / "configs/mnist_mlp.yaml", "--out", tmp_path / "run", f"data.root={root}")
+    assert r.exit_code == 1, r.output
+    assert str(root / "MNIST" / "raw") in r.output
+    assert "train-images-idx3-ubyte" in r.output and "MLP_CLI_DATA" in r.output
+    assert not (tmp_path / "run").exists()
+    assert not root.exists()  # the failed download left no empty folders behind
+
+
+def test_missing_image_folder(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(tmp_path / "nowhere")})
+    r = run("train", "--config", cfg, "--out", tmp_path / "run")
+    assert r.exit_code == 1
+    assert "nowhere/train" in r.output and "train/<class>/<image>" in r.output
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing"])
+def test_corrupted_checkpoint_exit_1(tmp_path, image_folder, damage):
+    cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder)})
+    assert run("train", "--config", cfg, "--out", tmp_path / "r", "--quiet", "train.epochs=1").exit_code == 0
+    path = tmp_path / "r" / "best.safetensors"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 50)
+    else:
+        path.unlink()
+    r = subprocess.run([*MLP_CLI, "eval", "--checkpoint", str(path)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert str(path) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_divergence_stops_with_exit_1_and_keeps_the_last_good_checkpoint(tmp_path):
+    r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", tmp_path / "r",
+            "optim.lr=1e6", "train.epochs=5", "train.plots=false",
+            "model.layers=[{type: linear, out_features: 10}, {type: linear, out_features: 2}]")
+    assert r.exit_code == 1, r.output
+    assert "lower the learning rate" in r.output and "Warning" not in r.output
+    last = checkpoint.load(tmp_path / "r" / "last.safetensors")
+    assert all(np.isfinite(v).all() for v in last.state.values())
+
+
+def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.Popen([*MLP_CLI, "train", "--config", str(ROOT / "configs/circles_mlp.yaml"), "--out", str(out),
+                             "train.epochs=100000", "train.plots=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    done = checkpoint.load(out / "last.safetensors").metadata["epoch"]
+    assert done >= 1
+    r = run("train", "--resume", out, f"train.epochs={done + 2}", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert checkpoint.load(out / "last.safetensors").metadata["epoch"] == done + 2
+    assert len((out / "metrics.csv").read_text().splitlines()) == done + 2 + 1
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from mlp_cli.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n" \
+           "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import on --help'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
