@@ -33,6 +33,15 @@ def _nchw(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 3, 1, 2)
 
 
+def _windows(xp: np.ndarray, out_size, kernel, stride, dilation) -> np.ndarray:
+    """Read-only view (N, Ho, Wo, kh, kw, C) of every kernel window of a padded NHWC array:
+    element [n, y, x, i, j, c] is xp[n, y*sh + i*dh, x*sw + j*dw, c]. No data is copied."""
+    sn, sy, sx, sc = xp.strides
+    (Ho, Wo), (kh, kw), (sh, sw), (dh, dw) = out_size, kernel, stride, dilation
+    return np.lib.stride_tricks.as_strided(
+        xp, (xp.shape[0], Ho, Wo, kh, kw, xp.shape[3]), (sn, sy * sh, sx * sw, sy * dh, sx * dw, sc), writeable=False)
+
+
 def _window(offset: int, dilation: int, stride: int, count: int) -> slice:
     """The input rows (or columns) that kernel offset `offset` touches across `count` outputs."""
     start = offset * dilation
@@ -138,12 +147,10 @@ class Conv2d(Layer):
         xp = self._scratch("_padded", (N, H + 2 * ph, W + 2 * pw, C), xh.dtype, zero=True) if ph or pw else xh
         cols = self._scratch("_cols", (N, Ho, Wo, kh, kw, C), xh.dtype)
 
-        def im2col(b0, b1):  # one strided copy per kernel offset
+        def im2col(b0, b1):
             if ph or pw:
                 xp[b0:b1, ph:ph + H, pw:pw + W, :] = xh[b0:b1]
-            for i in range(kh):
-                for j in range(kw):
-                    cols[b0:b1, :, :, i, j, :] = xp[b0:b1, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), :]
+            np.copyto(cols[b0:b1], _windows(xp[b0:b1], (Ho, Wo), self.kernel_size, self.stride, self.dilation))
 
         over_batch(im2col, N, cols.size)
         cols2d = cols.reshape(N * Ho * Wo, kh * kw * C)
@@ -169,12 +176,18 @@ class Conv2d(Layer):
         dcols = self._scratch("_dcols", (N * Ho * Wo, kh * kw * C), d2.dtype)
         np.matmul(d2, self._weight_matrix().T, out=dcols)
         dcols = dcols.reshape(N, Ho, Wo, kh, kw, C)
-        dxp = np.zeros((N, H + 2 * ph, W + 2 * pw, C), d2.dtype)
+        Hp, Wp = H + 2 * ph, W + 2 * pw
+        dxp = np.empty((N, Hp, Wp, C), d2.dtype)
 
         def col2im(b0, b1):
+            # Two passes with long contiguous runs (kw*C, then C numbers) beat kh*kw passes of C.
+            rows = np.zeros((b1 - b0, Hp, Wo, kw, C), d2.dtype)  # summed over i, not yet over j
             for i in range(kh):
-                for j in range(kw):
-                    dxp[b0:b1, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo), :] += dcols[b0:b1, :, :, i, j, :]
+                rows[:, _window(i, dh, sh, Ho)] += dcols[b0:b1, :, :, i]
+            dx = dxp[b0:b1]
+            dx[...] = 0
+            for j in range(kw):
+                dx[:, :, _window(j, dw, sw, Wo)] += rows[:, :, :, j]
 
         over_batch(col2im, N, dcols.size)
         return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
@@ -224,25 +237,23 @@ class MaxPool2d(_Pool2d):
         Ho, Wo, Hp, Wp = self._geometry(H, W)
         xp = self._padded(xh, Hp, Wp, -np.inf)
         out = np.empty((N, Ho, Wo, C), xh.dtype)
-        argmax = np.zeros((N, Ho, Wo, C), np.uint8)  # which kernel offset holds each maximum
 
         def pool(b0, b1):
-            o, a = out[b0:b1], argmax[b0:b1]
+            o = out[b0:b1]
             for k, window in self._offsets(Ho, Wo):
                 v = xp[b0:b1][window]
                 if k == 0:
                     o[...] = v
-                    continue
-                better = v > o  # strict: keeps the first maximum, as PyTorch does
-                np.copyto(o, v, where=better)
-                np.copyto(a, k, where=better)
+                else:
+                    np.maximum(o, v, out=o)
 
         over_batch(pool, N, xp.size)
-        self.argmax, self.geometry, self.in_shape = argmax, (Ho, Wo, Hp, Wp), xh.shape
+        self.xp, self.out, self.geometry, self.in_shape = xp, out, (Ho, Wo, Hp, Wp), xh.shape
         return _nchw(out)
 
     def backward(self, dout):
-        """dout: (N, C, Ho, Wo) -> dx: (N, C, H, W), routed to each window's maximum."""
+        """dout: (N, C, Ho, Wo) -> dx: (N, C, H, W), routed to the first maximum of each window
+        (scanning the window row by row, as PyTorch does)."""
         N, H, W, C = self.in_shape
         Ho, Wo, Hp, Wp = self.geometry
         ph, pw = self.padding
@@ -250,11 +261,19 @@ class MaxPool2d(_Pool2d):
         dxp = np.zeros((N, Hp, Wp, C), dout.dtype)
 
         def route(b0, b1):
-            d, a, dx = dh[b0:b1], self.argmax[b0:b1], dxp[b0:b1]
+            d, o, xp, dx = dh[b0:b1], self.out[b0:b1], self.xp[b0:b1], dxp[b0:b1]
+            unrouted = None  # windows whose maximum has not been found yet
             for k, window in self._offsets(Ho, Wo):
-                dx[window] += np.where(a == k, d, 0)
+                hit = xp[window] == o
+                if unrouted is None:
+                    unrouted = ~hit
+                else:
+                    hit &= unrouted
+                    unrouted &= ~hit
+                dx[window] += d * hit
 
         over_batch(route, N, dxp.size)
+        self.xp = self.out = None
         return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
 
 
