@@ -163,7 +163,7 @@ def _kink_state(layers) -> list[np.ndarray]:
         if isinstance(layer, L.ReLU):
             state.append(layer.out > 0)
         elif isinstance(layer, L.MaxPool2d):
-            state.append(layer.argmax.copy())
+            state.append(layer.argmax_offsets())
     return state
 
 

@@ -1,13 +1,79 @@
-"""The data layer: datasets in memory as uint8 images, batches as float32 for the engine.
+"""The data layer: data sets in memory as uint8 images, batches as float32 for the engine.
 
     splits = load_splits(cfg.data, cfg.seed, ("train", "val"))
     norm = normalization(splits["train"], cfg.data)
     for x, y in batches(splits["train"], 128, train=True, rng=rng, normalization=norm, augment=cfg.data.augment):
         ...
+
+Sources: circles (generated, circles.py), mnist / fashion-mnist / cifar10 / cifar100 (torchvision,
+sources.py), imagefolder (cached decode, imagefolder.py). Batching, augmentation and normalization:
+pipeline.py. The validation split: split.py.
 """
 
-from mlp_cli.data.pipeline import Split, batches, center_crop, crop_and_flip, normalization, normalize
-from mlp_cli.data.sources import load_splits, split_indices
+from __future__ import annotations
 
-__all__ = ["Split", "batches", "center_crop", "crop_and_flip", "load_splits", "normalization", "normalize",
-           "split_indices"]
+from mlp_cli.data.pipeline import batches, center_crop, crop_and_flip, normalization, normalize
+from mlp_cli.data.split import Split, split_indices
+
+__all__ = ["Split", "batches", "center_crop", "crop_and_flip", "describe", "input_shape", "load_splits",
+           "normalization", "normalize", "split_indices"]
+
+SPLITS = ("train", "val", "test")
+
+
+def load_splits(data_cfg, seed: int, splits=SPLITS) -> dict[str, Split]:
+    """The requested splits of the data set `data_cfg` (the config's `data` section) describes.
+
+    "val" is carved from the training set: data.val_size examples (a count if >= 1, else a fraction),
+    picked by a permutation seeded from `seed` (the same every time); "train" is the rest. With
+    val_size 0, "val" is an empty Split (len 0, same dtype and example shape). "test" is the data
+    set's own test set, never used for "val". Only what is asked is loaded: ("test",) does not read
+    the training files. Raises DataError when the data cannot be found or read.
+    """
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SPLITS)}")
+    out = {}
+    if "train" in splits or "val" in splits:
+        full = _load(data_cfg, train=True)
+        train_idx, val_idx = split_indices(len(full), data_cfg.val_size, seed)
+        if "train" in splits:
+            out["train"] = full if len(val_idx) == 0 else full.subset(train_idx)
+        if "val" in splits:
+            out["val"] = full.subset(val_idx)
+        del full
+    if "test" in splits:
+        out["test"] = _load(data_cfg, train=False)
+    return {name: out[name] for name in splits}
+
+
+def _load(data_cfg, train: bool) -> Split:
+    if data_cfg.dataset == "circles":
+        from mlp_cli.data.circles import CLASSES, make_circles
+
+        x, y = make_circles()[0 if train else 1]
+        return Split(x, y, list(CLASSES))
+    if data_cfg.dataset == "imagefolder":
+        from mlp_cli.data.imagefolder import load_imagefolder
+
+        return load_imagefolder(data_cfg, "train" if train else "test")
+    from mlp_cli.data.sources import load_torchvision
+
+    return load_torchvision(data_cfg.dataset, data_cfg.resolved_root(), train)
+
+
+def input_shape(data_cfg) -> list[int]:
+    """The shape one example has when it reaches the net ([C, H, W] after the crop, or [D]); no I/O."""
+    from mlp_cli.shapes import dataset_input_shape
+
+    return dataset_input_shape(data_cfg)
+
+
+def describe(splits: dict[str, Split]) -> str:
+    """One line about loaded splits, e.g. "45000 train / 5000 val / 10000 test, 32x32x3 uint8, 10 classes"."""
+    if not splits:
+        return "no data"
+    first = next(iter(splits.values()))
+    sizes = " / ".join(f"{len(s)} {name}" for name, s in splits.items())
+    example = "x".join(str(d) for d in first.x.shape[1:])
+    return f"{sizes}, {example} {first.x.dtype}, {len(first.classes)} classes"

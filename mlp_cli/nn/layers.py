@@ -251,6 +251,15 @@ class MaxPool2d(_Pool2d):
         self.xp, self.out, self.geometry, self.in_shape = xp, out, (Ho, Wo, Hp, Wp), xh.shape
         return _nchw(out)
 
+    def argmax_offsets(self) -> np.ndarray:
+        """After forward: (N, Ho, Wo, C) index i*kw + j of the kernel offset holding each window's
+        first maximum (what decides where backward routes the gradient)."""
+        Ho, Wo = self.geometry[:2]
+        found = np.full(self.out.shape, -1, np.int16)
+        for k, window in self._offsets(Ho, Wo):
+            np.copyto(found, k, where=(found < 0) & (self.xp[window] == self.out))
+        return found
+
     def backward(self, dout):
         """dout: (N, C, Ho, Wo) -> dx: (N, C, H, W), routed to the first maximum of each window
         (scanning the window row by row, as PyTorch does)."""

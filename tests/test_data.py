@@ -1,0 +1,250 @@
+"""The data layer on generated data: circles, the validation split, normalization and batches."""
+
+import numpy as np
+import pytest
+
+from mlp_cli.config import Augment, Data
+from mlp_cli.data import Split, batches, load_splits, normalization, split_indices
+from mlp_cli.data.circles import make_circles
+from mlp_cli.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLP_CLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLP_CLI_DATA", str(tmp_path / "no-data-here"))
+
+
+def image_split(n=10, h=8, w=8, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (n, h, w, c), dtype=np.uint8), np.arange(n, dtype=np.int64),
+                 [f"c{i}" for i in range(n)])
+
+
+IDENTITY_U8 = {"mean": [0.0] * 3, "std": [1 / 255] * 3}  # x == u8 exactly: scale 1, shift 0
+
+
+def collect(split, batch_size, *, train, seed=None, norm=IDENTITY_U8, augment=Augment()):
+    rng = None if seed is None else np.random.default_rng(seed)
+    return list(batches(split, batch_size, train=train, rng=rng, normalization=norm, augment=augment))
+
+
+def as_u8(x):
+    """Undo IDENTITY_U8: the batch as uint8 (B, H, W, C)."""
+    hwc = x.transpose(0, 2, 3, 1)
+    assert np.array_equal(hwc, np.round(hwc))
+    return hwc.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- circles
+def test_circles_are_fixed_balanced_and_in_their_rings():
+    (xt, yt), (xs, ys) = make_circles()
+    (xt2, yt2), (xs2, ys2) = make_circles()
+    assert np.array_equal(xt, xt2) and np.array_equal(yt, yt2) and np.array_equal(xs, xs2) and np.array_equal(ys, ys2)
+    assert xt.shape == (200, 2) and xs.shape == (200, 2) and xt.dtype == np.float32 and yt.dtype == np.int64
+    assert not np.array_equal(xt, xs)
+    for x, y in ((xt, yt), (xs, ys)):
+        assert np.bincount(y).tolist() == [100, 100]
+        r = np.hypot(x[:, 0], x[:, 1])
+        assert r[y == 0].min() >= 0.5 - 1e-6 and r[y == 0].max() <= 1.7 + 1e-6  # outer ring
+        assert r[y == 1].max() <= 0.8 + 1e-6  # inner disk
+        assert ((r < 0.8) == (y == 1)).mean() >= 0.9  # the classes overlap only slightly
+
+
+def test_circles_do_not_depend_on_the_seed():
+    cfg = Data(dataset="circles", val_size=0)
+    a, b = load_splits(cfg, 0), load_splits(cfg, 123)
+    assert a["train"].classes == ["outer", "inner"]
+    for name in ("train", "test"):
+        assert np.array_equal(a[name].x, b[name].x) and np.array_equal(a[name].y, b[name].y)
+
+
+# ----------------------------------------------------------------------------- validation split
+@pytest.mark.parametrize("val_size, n_val", [(20, 20), (0.25, 50), (1, 1), (0.1, 20)])
+def test_val_split_sizes(val_size, n_val):
+    s = load_splits(Data(dataset="circles", val_size=val_size), seed=0)
+    assert len(s["val"]) == n_val and len(s["train"]) == 200 - n_val and len(s["test"]) == 200
+
+
+def test_val_split_is_seeded_disjoint_and_complete():
+    train, val = split_indices(1000, 0.2, seed=7)
+    train2, val2 = split_indices(1000, 0.2, seed=7)
+    other_train, other_val = split_indices(1000, 0.2, seed=8)
+    assert np.array_equal(train, train2) and np.array_equal(val, val2)
+    assert not np.array_equal(val, other_val)
+    assert len(val) == 200 and len(np.intersect1d(train, val)) == 0
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(1000))
+
+    # the same through load_splits: the rows of train and val are the training set, once each
+    cfg = Data(dataset="circles", val_size=30)
+    full = load_splits(Data(dataset="circles", val_size=0), 0)["train"]
+    s = load_splits(cfg, seed=3)
+    assert load_splits(cfg, seed=3)["val"].x.tobytes() == s["val"].x.tobytes()
+    assert load_splits(cfg, seed=4)["val"].x.tobytes() != s["val"].x.tobytes()
+    rows = lambda a: sorted(map(bytes, a))  # noqa: E731
+    assert rows(np.concatenate([s["train"].x, s["val"].x])) == rows(full.x)
+    assert not set(map(bytes, s["train"].x)) & set(map(bytes, s["val"].x))
+
+
+def test_val_size_zero_gives_an_empty_val_split_and_too_large_fails():
+    s = load_splits(Data(dataset="circles", val_size=0), 0)
+    assert len(s["val"]) == 0 and s["val"].x.shape == (0, 2) and s["val"].x.dtype == np.float32
+    assert len(s["train"]) == 200
+    with pytest.raises(DataError, match="val_size"):
+        load_splits(Data(dataset="circles", val_size=200), 0)
+
+
+def test_only_the_requested_splits_are_returned():
+    assert list(load_splits(Data(dataset="circles"), 0, ("test",))) == ["test"]
+    assert list(load_splits(Data(dataset="circles"), 0, ("val", "train"))) == ["val", "train"]
+
+
+# ----------------------------------------------------------------------------- normalization
+def test_normalization_of_a_known_array():
+    x = np.zeros((4, 2, 2, 3), np.uint8)
+    x[:2, ..., 0] = 255  # channel 0: half 0, half 255 -> mean 0.5, std 0.5
+    x[..., 1] = 51  # channel 1: constant 0.2 -> std 0 becomes 1
+    x[..., 2] = np.arange(16, dtype=np.uint8).reshape(4, 2, 2) * 17  # 0, 17, ..., 255
+    norm = normalization(Split(x, np.zeros(4, np.int64), ["a"]), Data(dataset="cifar10"))
+    v = np.arange(16) * 17 / 255
+    np.testing.assert_allclose(norm["mean"], [0.5, 0.2, v.mean()], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(norm["std"], [0.5, 1.0, v.std()], rtol=0, atol=1e-12)
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (3000, 5, 5, 3), dtype=np.uint8)  # several chunks
+    norm = normalization(Split(big, np.zeros(3000, np.int64), ["a"]), Data(dataset="cifar10"))
+    ref = big.reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(norm["mean"], ref.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(norm["std"], ref.std(0), rtol=1e-12)
+
+
+def test_normalization_identity_without_normalize_and_for_circles():
+    split = image_split(c=1)
+    assert normalization(split, Data(dataset="mnist", normalize=False)) == {"mean": [0.0], "std": [1.0]}
+    circles = load_splits(Data(dataset="circles"), 0, ("train",))["train"]
+    assert normalization(circles, Data(dataset="circles", normalize=True)) == {"mean": [0.0, 0.0], "std": [1.0, 1.0]}
+
+
+def test_batches_normalize_like_a_float64_reference():
+    split = image_split(n=37, h=6, w=5, c=3, seed=1)
+    norm = normalization(split, Data(dataset="cifar10"))
+    ref = (split.x / 255.0 - np.array(norm["mean"])) / np.array(norm["std"])
+    got = np.concatenate([x for x, _ in collect(split, 8, train=False, norm=norm)])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got.transpose(0, 2, 3, 1), ref, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- batches
+def test_batch_shapes_dtype_and_channels_last_layout():
+    split = image_split(n=10, h=8, w=6, c=3)
+    for train, seed in ((True, 0), (False, None)):
+        out = collect(split, 4, train=train, seed=seed, augment=Augment(crop=5, hflip=True))
+        assert [len(y) for _, y in out] == [4, 4, 2]  # the last partial batch is kept
+        for x, y in out:
+            assert x.dtype == np.float32 and x.shape == (len(y), 3, 5, 5) and y.dtype == np.int64
+            assert x.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def test_eval_is_in_order_and_center_cropped():
+    split = image_split(n=7, h=8, w=10, c=3)
+    out = collect(split, 3, train=False, augment=Augment(crop=4, crop_padding=2, hflip=True))
+    x = np.concatenate([as_u8(x) for x, _ in out])
+    assert np.array_equal(np.concatenate([y for _, y in out]), np.arange(7))
+    assert np.array_equal(x, split.x[:, 2:6, 3:7])  # margins (8-4)/2 = 2 and (10-4)/2 = 3
+    # no crop: the images as they are
+    x = np.concatenate([as_u8(x) for x, _ in collect(split, 3, train=False)])
+    assert np.array_equal(x, split.x)
+
+
+def reference_crops(split, batch_size, seed, crop, pad, hflip):
+    """The training pipeline written the slow way, image by image, drawing the same numbers."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(split))
+    out = []
+    for start in range(0, len(split), batch_size):
+        index = order[start:start + batch_size]
+        b = len(index)
+        size = split.x.shape[1] + 2 * pad
+        oy = rng.integers(0, size - crop + 1, b)
+        ox = rng.integers(0, size - crop + 1, b)
+        flip = rng.random(b) < 0.5 if hflip else np.zeros(b, bool)
+        for k, i in enumerate(index):
+            img = np.pad(split.x[i], ((pad, pad), (pad, pad), (0, 0)))
+            img = img[oy[k]:oy[k] + crop, ox[k]:ox[k] + crop]
+            out.append(img[:, ::-1] if flip[k] else img)
+    return order, np.stack(out)
+
+
+@pytest.mark.parametrize("crop, pad, hflip", [(5, 0, True), (8, 2, True), (6, 3, False), (None, 2, False)])
+def test_train_crops_and_flips_match_a_per_image_reference(crop, pad, hflip):
+    split = image_split(n=23, h=8, w=8, c=3, seed=2)
+    augment = Augment(crop=crop, crop_padding=pad, hflip=hflip)
+    out = collect(split, 5, train=True, seed=11, augment=augment)
+    got = np.concatenate([as_u8(x) for x, _ in out])
+    order, ref = reference_crops(split, 5, 11, crop or 8, pad, hflip)
+    assert np.array_equal(np.concatenate([y for _, y in out]), order)
+    assert np.array_equal(got, ref)
+    # and each one is a window of its zero-padded image, flipped or not
+    for img, i in zip(got, order):
+        padded = np.pad(split.x[i], ((pad, pad), (pad, pad), (0, 0)))
+        c = img.shape[0]
+        windows = [padded[a:a + c, b:b + c] for a in range(padded.shape[0] - c + 1) for b in range(padded.shape[1] - c + 1)]
+        assert any(np.array_equal(img, w) or (hflip and np.array_equal(img[:, ::-1], w)) for w in windows)
+
+
+def test_crops_of_a_non_contiguous_data_set():
+    base = image_split(n=12, h=8, w=8, c=3, seed=3)
+    split = Split(base.x[:, ::-1], base.y, base.classes)  # a view with negative strides
+    assert not split.x.flags.c_contiguous
+    augment = Augment(crop=5, hflip=True)
+    got = np.concatenate([as_u8(x) for x, _ in collect(split, 5, train=True, seed=2, augment=augment)])
+    _, ref = reference_crops(split, 5, 2, 5, 0, True)
+    assert np.array_equal(got, ref)
+
+
+def test_flips_flip_about_half_of_the_images():
+    split = image_split(n=200, h=4, w=5, c=1)
+    norm = {"mean": [0.0], "std": [1 / 255]}
+    out = collect(split, 64, train=True, seed=0, norm=norm, augment=Augment(hflip=True))
+    x = np.concatenate([as_u8(x) for x, _ in out])
+    order = np.concatenate([y for _, y in out])
+    flipped = np.array([np.array_equal(img, split.x[i][:, ::-1]) for img, i in zip(x, order)])
+    same = np.array([np.array_equal(img, split.x[i]) for img, i in zip(x, order)])
+    assert (flipped | same).all() and 60 < flipped.sum() < 140
+
+
+def test_same_seed_same_batches_and_every_example_once_per_epoch():
+    split = image_split(n=50, h=8, w=8, c=3)
+    augment = Augment(crop=6, crop_padding=1, hflip=True)
+    a = collect(split, 16, train=True, seed=5, augment=augment)
+    b = collect(split, 16, train=True, seed=5, augment=augment)
+    c = collect(split, 16, train=True, seed=6, augment=augment)
+    assert all(np.array_equal(xa, xb) and np.array_equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert not np.array_equal(np.concatenate([y for _, y in a]), np.concatenate([y for _, y in c]))
+    assert [len(y) for _, y in a] == [16, 16, 16, 2]
+    assert np.array_equal(np.sort(np.concatenate([y for _, y in a])), np.arange(50))
+
+
+def test_training_without_augmentation_shuffles_only():
+    split = image_split(n=9, h=4, w=4, c=3)
+    out = collect(split, 4, train=True, seed=1)
+    order = np.concatenate([y for _, y in out])
+    assert np.array_equal(order, np.random.default_rng(1).permutation(9))
+    assert np.array_equal(np.concatenate([as_u8(x) for x, _ in out]), split.x[order])
+
+
+def test_train_batches_need_a_generator():
+    with pytest.raises(ValueError, match="Generator"):
+        next(batches(image_split(), 4, train=True, rng=None, normalization=None, augment=Augment()))
+
+
+def test_feature_batches():
+    split = load_splits(Data(dataset="circles", val_size=0), 0, ("train",))["train"]
+    norm = normalization(split, Data(dataset="circles"))
+    out = list(batches(split, 64, train=True, rng=np.random.default_rng(0), normalization=norm, augment=Augment()))
+    assert [x.shape for x, _ in out] == [(64, 2), (64, 2), (64, 2), (8, 2)]
+    assert all(x.dtype == np.float32 for x, _ in out)
+    order = np.random.default_rng(0).permutation(200)
+    assert np.array_equal(np.concatenate([x for x, _ in out]), split.x[order])
+    ev = list(batches(split, 150, train=False, rng=None, normalization=norm, augment=Augment()))
+    assert np.array_equal(np.concatenate([x for x, _ in ev]), split.x) and [len(y) for _, y in ev] == [150, 50]
