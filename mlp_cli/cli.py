@@ -122,10 +122,12 @@ def train(config_path, resume_dir, out, quiet, overrides):
         result = training.fit(cfg, run_dir, resume=bool(resume_dir), console=console)
     except training.Interrupted as e:
         fail(str(e), EXIT_INTERRUPTED)
-    best = "-" if result.best_val_acc is None else f"{100 * result.best_val_acc:.2f}%"
+    if result.best_val_acc is None:
+        best = f"no validation split, best.safetensors is epoch {result.best_epoch}"
+    else:
+        best = f"best validation accuracy {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}"
     test = "" if result.test is None else f", test accuracy {100 * result.test['accuracy']:.2f}%"
-    click.echo(f"done: {result.epochs} epochs, best validation accuracy {best} at epoch {result.best_epoch}"
-               f"{test}; run saved in {result.run_dir}")
+    click.echo(f"done: {result.epochs} epochs, {best}{test}; run saved in {result.run_dir}")
 
 
 @main.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
