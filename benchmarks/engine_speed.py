@@ -21,6 +21,7 @@ import torch
 from mlp_cli.interop import torch_sequential
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
+from mlp_cli.nn.parallel import single_threaded_blas
 
 MLP = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 100}, {"type": "Tanh"},
        {"type": "Linear", "in_features": 100, "out_features": 10}]
@@ -46,7 +47,8 @@ def time_ours(arch, x, y, repeats, inner):
         _, d = softmax_cross_entropy(logits, y)
         model.backward(d)
 
-    return measure(step, repeats, inner)
+    with single_threaded_blas():  # as in training: the engine runs its own threads
+        return measure(step, repeats, inner)
 
 
 def time_torch(arch, x, y, repeats, inner):

@@ -7,6 +7,7 @@ This module imports neither numpy nor torch, so `convshape --config` stays fast.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -247,7 +248,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
     Values are parsed as YAML scalars or flow collections, so `[28, 28]`, `true` and `1e-3` work.
     """
-    raw = _copy(raw)
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -274,14 +275,6 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         else:
             raise ConfigError(f"bad override {item!r}: {'.'.join(parts[:-1])} is not a section")
     return raw
-
-
-def _copy(value):
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
 
 
 def validate(raw: dict, source: str = "config") -> Config:

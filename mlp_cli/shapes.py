@@ -27,6 +27,7 @@ What is counted:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -433,15 +434,7 @@ def resolve_layer(input_shape: Sequence[int], spec: Mapping[str, Any]) -> LayerI
 # ----------------------------------------------------------------------------- results
 def architecture(infos: Sequence[LayerInfo]) -> list[dict]:
     """The architecture in PyTorch's vocabulary: `nn.Sequential(*[getattr(nn, d.pop("type"))(**d) ...])`."""
-    return [_copy(info.arch) for info in infos]
-
-
-def _copy(value):
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
+    return [copy.deepcopy(info.arch) for info in infos]
 
 
 def total_params(infos: Sequence[LayerInfo]) -> int:

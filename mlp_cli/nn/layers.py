@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli.nn.parallel import over_batch
+from mlp_cli.nn.parallel import ordered_sum, over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
 
 
@@ -82,9 +82,15 @@ class Linear(Layer):
     def forward(self, x):
         """x: (N, in) -> out: (N, out)."""
         self.x = x
-        out = x @ self.params["weight"].T
-        if "bias" in self.params:
-            out += self.params["bias"]
+        weight, bias = self.params["weight"], self.params.get("bias")
+        out = np.empty((x.shape[0], weight.shape[0]), weight.dtype)
+
+        def run(b0, b1):
+            np.matmul(x[b0:b1], weight.T, out=out[b0:b1])
+            if bias is not None:
+                out[b0:b1] += bias
+
+        over_batch(run, len(x), x.size + out.size + weight.size)
         return out
 
     def backward(self, dout):
@@ -95,10 +101,19 @@ class Linear(Layer):
           grad b_y = y^ - y                  -> db = sum over the batch of dout
           W_y^T (y^ - y), the factor of grad h~ -> dx = dout W
         """
-        self.grads["weight"] = dout.T @ self.x
+        weight, x = self.params["weight"], self.x
+        dx = np.empty(x.shape, dout.dtype) if self.needs_input_grad else None
+
+        def run(b0, b1):
+            if dx is not None:
+                np.matmul(dout[b0:b1], weight, out=dx[b0:b1])
+            return dout[b0:b1].T @ x[b0:b1], dout[b0:b1].sum(axis=0)
+
+        parts = over_batch(run, len(x), x.size + dout.size + weight.size)
+        self.grads["weight"] = ordered_sum([p[0] for p in parts])
         if "bias" in self.params:
-            self.grads["bias"] = dout.sum(axis=0)
-        return dout @ self.params["weight"] if self.needs_input_grad else None
+            self.grads["bias"] = ordered_sum([p[1] for p in parts])
+        return dx
 
 
 # ----------------------------------------------------------------------------- Conv2d
@@ -141,56 +156,60 @@ class Conv2d(Layer):
         """x: (N, C, H, W) -> out: (N, F, Ho, Wo) with Ho = floor((H + 2p - d(k-1) - 1)/s) + 1."""
         xh = _nhwc(x)
         N, H, W, C = xh.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
         Ho, Wo = self.output_size(H, W)
+        P = Ho * Wo  # output pixels (im2col rows) per image
         # The padded copy's border is written once (zeros) and only its interior afterwards.
         xp = self._scratch("_padded", (N, H + 2 * ph, W + 2 * pw, C), xh.dtype, zero=True) if ph or pw else xh
         cols = self._scratch("_cols", (N, Ho, Wo, kh, kw, C), xh.dtype)
+        cols2d = cols.reshape(N * P, kh * kw * C)
+        weight, bias = self._weight_matrix(), self.params.get("bias")
+        out = np.empty((N * P, weight.shape[1]), xh.dtype)
 
-        def im2col(b0, b1):
+        def run(b0, b1):  # im2col (one copy from a window view) and the product, for images b0..b1
             if ph or pw:
                 xp[b0:b1, ph:ph + H, pw:pw + W, :] = xh[b0:b1]
             np.copyto(cols[b0:b1], _windows(xp[b0:b1], (Ho, Wo), self.kernel_size, self.stride, self.dilation))
+            np.matmul(cols2d[b0 * P:b1 * P], weight, out=out[b0 * P:b1 * P])
+            if bias is not None:
+                out[b0 * P:b1 * P] += bias
 
-        over_batch(im2col, N, cols.size)
-        cols2d = cols.reshape(N * Ho * Wo, kh * kw * C)
-        out = cols2d @ self._weight_matrix()
-        if "bias" in self.params:
-            out += self.params["bias"]
+        over_batch(run, N, cols.size)
         self.cols, self.in_shape = cols2d, (N, H, W, C)
         return _nchw(out.reshape(N, Ho, Wo, -1))
 
     def backward(self, dout):
         """dout: (N, F, Ho, Wo) -> dx: (N, C, H, W); grads weight (F, C, kh, kw), bias (F,)."""
         N, H, W, C = self.in_shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        (kh, kw), (sh, sw), (ph, pw), (dil_h, dil_w) = self.kernel_size, self.stride, self.padding, self.dilation
         _, F, Ho, Wo = dout.shape
-        d2 = _nhwc(dout).reshape(N * Ho * Wo, F)
-        self.grads["weight"] = (d2.T @ self.cols).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+        P, Hp, Wp = Ho * Wo, H + 2 * ph, W + 2 * pw
+        d2 = _nhwc(dout).reshape(N * P, F)
+        weight, cols2d = self._weight_matrix(), self.cols
+        dxp = np.empty((N, Hp, Wp, C), d2.dtype) if self.needs_input_grad else None
+
+        def run(b0, b1):  # gradient parts of images b0..b1
+            d = d2[b0 * P:b1 * P]
+            grad_w, grad_b = d.T @ cols2d[b0 * P:b1 * P], d.sum(axis=0)
+            if dxp is not None:
+                # col2im in two passes with long contiguous runs (kw*C, then C numbers),
+                # which beats kh*kw passes over runs of C.
+                dcols = (d @ weight.T).reshape(b1 - b0, Ho, Wo, kh, kw, C)
+                rows = np.zeros((b1 - b0, Hp, Wo, kw, C), d2.dtype)  # summed over i, not yet over j
+                for i in range(kh):
+                    rows[:, _window(i, dil_h, sh, Ho)] += dcols[:, :, :, i]
+                dx = dxp[b0:b1]
+                dx[...] = 0
+                for j in range(kw):
+                    dx[:, :, _window(j, dil_w, sw, Wo)] += rows[:, :, :, j]
+            return grad_w, grad_b
+
+        parts = over_batch(run, N, cols2d.size)
+        self.grads["weight"] = ordered_sum([p[0] for p in parts]).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
         if "bias" in self.params:
-            self.grads["bias"] = d2.sum(axis=0)
+            self.grads["bias"] = ordered_sum([p[1] for p in parts])
         self.cols = None
-        if not self.needs_input_grad:
-            return None
-        # col2im: each kernel offset adds its share of the column gradient back.
-        dcols = self._scratch("_dcols", (N * Ho * Wo, kh * kw * C), d2.dtype)
-        np.matmul(d2, self._weight_matrix().T, out=dcols)
-        dcols = dcols.reshape(N, Ho, Wo, kh, kw, C)
-        Hp, Wp = H + 2 * ph, W + 2 * pw
-        dxp = np.empty((N, Hp, Wp, C), d2.dtype)
-
-        def col2im(b0, b1):
-            # Two passes with long contiguous runs (kw*C, then C numbers) beat kh*kw passes of C.
-            rows = np.zeros((b1 - b0, Hp, Wo, kw, C), d2.dtype)  # summed over i, not yet over j
-            for i in range(kh):
-                rows[:, _window(i, dh, sh, Ho)] += dcols[b0:b1, :, :, i]
-            dx = dxp[b0:b1]
-            dx[...] = 0
-            for j in range(kw):
-                dx[:, :, _window(j, dw, sw, Wo)] += rows[:, :, :, j]
-
-        over_batch(col2im, N, dcols.size)
-        return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
+        return None if dxp is None else _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -434,38 +453,68 @@ class _BatchNorm(Layer):
         self.buffers["num_batches_tracked"] = np.zeros((), np.int64)
 
     def _forward_2d(self, x):
-        """x: (M, C) rows of channel values -> (M, C)."""
+        """x: (M, C) rows of channel values -> (M, C). Sums over rows run in parallel ranges."""
         gamma, beta = self.params["weight"], self.params["bias"]
-        if self.training:
-            M = x.shape[0]
-            mean = x.mean(axis=0)
-            centered = x - mean
-            var = np.mean(centered * centered, axis=0)
-            inv_std = 1 / np.sqrt(var + self.eps)
-            m = self.momentum
-            self.buffers["running_mean"] *= 1 - m
-            self.buffers["running_mean"] += m * mean
-            self.buffers["running_var"] *= 1 - m
-            self.buffers["running_var"] += m * var * (M / max(M - 1, 1))
-            self.buffers["num_batches_tracked"] += 1
-            xhat = centered * inv_std
-            self.xhat, self.inv_std = xhat, inv_std
-            return xhat * gamma + beta
-        scale = gamma / np.sqrt(self.buffers["running_var"] + self.eps)
-        self.xhat, self.inv_std, self.eval_scale = None, None, scale
-        return x * scale + (beta - self.buffers["running_mean"] * scale)
+        M = x.shape[0]
+        out = np.empty_like(x)
+        if not self.training:
+            scale = gamma / np.sqrt(self.buffers["running_var"] + self.eps)
+            shift = beta - self.buffers["running_mean"] * scale
+            over_batch(lambda r0, r1: np.add(x[r0:r1] * scale, shift, out=out[r0:r1]), M, x.size)
+            self.xhat, self.inv_std, self.eval_scale = None, None, scale
+            return out
+        mean = ordered_sum(over_batch(lambda r0, r1: x[r0:r1].sum(axis=0), M, x.size)) / M
+        xhat = np.empty_like(x)
+
+        def center(r0, r1):
+            np.subtract(x[r0:r1], mean, out=xhat[r0:r1])
+            return np.square(xhat[r0:r1]).sum(axis=0)
+
+        var = ordered_sum(over_batch(center, M, x.size)) / M  # biased: used to normalize
+        inv_std = 1 / np.sqrt(var + self.eps)
+
+        def normalize(r0, r1):
+            xhat[r0:r1] *= inv_std
+            np.multiply(xhat[r0:r1], gamma, out=out[r0:r1])
+            out[r0:r1] += beta
+
+        over_batch(normalize, M, x.size)
+        m = self.momentum
+        self.buffers["running_mean"] *= 1 - m
+        self.buffers["running_mean"] += m * mean
+        self.buffers["running_var"] *= 1 - m
+        self.buffers["running_var"] += m * var * (M / max(M - 1, 1))  # unbiased, as PyTorch keeps it
+        self.buffers["num_batches_tracked"] += 1
+        self.xhat, self.inv_std = xhat, inv_std
+        return out
 
     def _backward_2d(self, dout):
         """dout: (M, C) -> dx: (M, C); grads weight and bias (C,)."""
-        self.grads["bias"] = dout.sum(axis=0)
+        gamma = self.params["weight"]
         if self.xhat is None:  # eval mode: an affine map
-            self.grads["weight"] = (dout * ((self.x2d - self.buffers["running_mean"]) / np.sqrt(self.buffers["running_var"] + self.eps))).sum(axis=0)
+            self.grads["bias"] = dout.sum(axis=0)
+            xhat = (self.x2d - self.buffers["running_mean"]) / np.sqrt(self.buffers["running_var"] + self.eps)
+            self.grads["weight"] = (dout * xhat).sum(axis=0)
             return dout * self.eval_scale
         xhat, M = self.xhat, dout.shape[0]
-        self.grads["weight"] = (dout * xhat).sum(axis=0)
-        dxhat = dout * self.params["weight"]
-        # d/dx of (x - mean) / std with mean and std taken over the same batch
-        return (self.inv_std / M) * (M * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0))
+        parts = over_batch(lambda r0, r1: (dout[r0:r1].sum(axis=0), (dout[r0:r1] * xhat[r0:r1]).sum(axis=0)),
+                           M, dout.size)
+        dbeta, dgamma = ordered_sum([p[0] for p in parts]), ordered_sum([p[1] for p in parts])
+        self.grads["bias"], self.grads["weight"] = dbeta, dgamma
+        # d/dx of gamma * (x - mean) / std with mean and std taken over the same batch:
+        # dx = gamma / (M std) * (M dout - sum(dout) - xhat * sum(dout * xhat))
+        scale = gamma * self.inv_std / M
+        dx = np.empty_like(dout)
+
+        def run(r0, r1):
+            np.multiply(xhat[r0:r1], -dgamma, out=dx[r0:r1])
+            dx[r0:r1] += M * dout[r0:r1]
+            dx[r0:r1] -= dbeta
+            dx[r0:r1] *= scale
+
+        over_batch(run, M, dout.size)
+        self.xhat = None
+        return dx
 
 
 class BatchNorm1d(_BatchNorm):
