@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlp_cli.train import best_row
+
 # Colours of the classes in scatter plots (the first two match the two ends of the RdBu map).
 _TWO = ("#2166ac", "#b2182b")
 
@@ -85,8 +87,8 @@ def draw_curves(metrics: list[dict], path, title: str = "") -> Path:
     ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
 
     val_acc = _values(metrics, "val_acc")
-    if np.isfinite(val_acc).any():
-        best = int(np.nanargmax(val_acc))  # the first maximum: the epoch best.safetensors holds
+    best = best_row(metrics)  # the epoch best.safetensors holds
+    if best is not None:
         ax_acc.plot([epochs[best]], [val_acc[best]], marker="*", markersize=14, color="tab:red", linestyle="none",
                     label=f"best validation {100 * val_acc[best]:.2f}% (epoch {int(epochs[best])})", zorder=5)
     val_loss = _values(metrics, "val_loss")
@@ -361,7 +363,7 @@ def draw_validation_overlay(curves, path, title: str | None = None) -> Path:
         style = dict(marker="o", markersize=3) if longest <= 40 else {}
         label = name
         if accs:
-            best = int(np.argmax(accs))
+            best = int(np.argmax(accs))  # the first maximum (validation losses are not drawn here)
             label = f"{name} (best {100 * accs[best]:.2f}% @ epoch {epochs[best]})"
         ax.plot(epochs, accs, label=label, linestyle="-" if i < 10 else "--", **style)
     ax.set_xlabel("epoch")

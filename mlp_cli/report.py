@@ -46,13 +46,11 @@ class Run:
 
     @property
     def best(self) -> tuple[float | None, int | None]:
-        """Best validation accuracy and its epoch (the first epoch reaching it, as training keeps it)."""
-        best_acc, best_epoch = None, None
-        for row in self.metrics:
-            acc = _number(row.get("val_acc"))
-            if acc is not None and (best_acc is None or acc > best_acc):
-                best_acc, best_epoch = acc, int(float(row["epoch"]))
-        return best_acc, best_epoch
+        """Best validation accuracy and its epoch (the epoch best.safetensors holds)."""
+        from mlp_cli.train import best_row
+
+        i = best_row(self.metrics)
+        return (None, None) if i is None else (_number(self.metrics[i]["val_acc"]), int(float(self.metrics[i]["epoch"])))
 
     @property
     def test_acc(self) -> float | None:

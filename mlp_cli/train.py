@@ -29,6 +29,26 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr
 NUM_CLASSES = {"circles": 2, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
+def is_better(val_acc, val_loss, best_acc, best_loss) -> bool:
+    """The model-selection rule: higher validation accuracy; on a tie (frequent with small
+    validation sets) the lower validation loss."""
+    if val_acc is None:
+        return False
+    return best_acc is None or val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
+
+
+def best_row(rows: list[dict]) -> int | None:
+    """Index of the metrics.csv row whose epoch best.safetensors holds (None without validation)."""
+    best, best_acc, best_loss = None, None, None
+    for i, row in enumerate(rows):
+        acc, loss = row.get("val_acc"), row.get("val_loss")
+        if acc in (None, "") or loss in (None, ""):
+            continue
+        if is_better(float(acc), float(loss), best_acc, best_loss):
+            best, best_acc, best_loss = i, float(acc), float(loss)
+    return best
+
+
 class Interrupted(RuntimeFailure):
     """Ctrl-C during training, after the last checkpoint was made safe (exit code 130)."""
 
@@ -226,10 +246,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console) -> RunResul
             val = evaluate(model, val_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
                            augment=cfg.data.augment)
             val_acc, val_loss = val["accuracy"], val["loss"]
-            # Best = highest validation accuracy; on a tie (frequent with small validation
-            # sets) the lower validation loss wins.
-            improved = val_acc is not None and (best_acc is None or val_acc > best_acc
-                                                or (val_acc == best_acc and val_loss < best_loss))
+            improved = is_better(val_acc, val_loss, best_acc, best_loss)
             if improved or val_acc is None:
                 best_epoch, best_acc, best_loss = epoch + 1, val_acc, val_loss
             rows.append({"epoch": epoch + 1, "train_loss": f"{loss_sum / seen:.6f}", "train_acc": f"{correct / seen:.6f}",
