@@ -148,3 +148,12 @@ def test_gradcheck_catches_a_broken_backward():
 
     checks = check_layer(BrokenTanh(), np.random.default_rng(0).standard_normal((3, 4)))
     assert max(c.error for c in checks) > 1e-2
+
+
+def test_engine_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, mlp_cli.nn, mlp_cli.nn.layers, mlp_cli.nn.losses, mlp_cli.nn.init, mlp_cli.nn.model, "
+            "mlp_cli.nn.optim, mlp_cli.nn.parallel, mlp_cli.gradcheck; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
