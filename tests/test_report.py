@@ -72,7 +72,8 @@ def test_five_shipped_configs_name_the_differences(five):
     diffs = {r.name.split("-")[0]: r.differences for r in runs}
     keys = set(diffs["circles_mlp"])
     # what the shipped configs really change between them
-    assert {"data.dataset", "data.val_size", "data.normalize", "data.augment.crop", "data.augment.hflip",
+    assert {"data.dataset", "data.val_size", "data.normalize", "data.augment.crop", "data.augment.crop_padding",
+            "data.augment.hflip",
             "model.init.weight", "model.init.std", "model.init.bias", "model.layers", "train.epochs",
             "train.batch_size", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.schedule.name",
             "optim.schedule.gamma"} == keys

@@ -328,4 +328,4 @@ def test_shapes_imports_nothing_heavy():
     tree = ast.parse((Path(shapes.__file__)).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "dataclasses", "typing", "mlp_cli"}, imported
+    assert imported <= {"__future__", "copy", "dataclasses", "typing", "mlp_cli"}, imported
