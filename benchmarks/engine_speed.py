@@ -40,7 +40,7 @@ CIFAR = [
 
 def time_ours(arch, x, y, repeats, inner):
     model = build(arch)
-    model.layers[0].needs_input_grad = False  # as in training
+    model.skip_input_gradient()  # as in training
 
     def step():
         logits = model.forward(x)

@@ -115,7 +115,7 @@ def setup(cfg):
     arch = shapes.architecture(infos)
     model = build(arch, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
                   init_std=cfg.model.init.std, bias_init=cfg.model.init.bias)
-    model.layers[0].needs_input_grad = False
+    model.skip_input_gradient()
     net = torch_sequential(arch, model.state_dict())
     return model, net
 

@@ -36,7 +36,7 @@ def main():
     input_shape = shapes.dataset_input_shape(cfg.data)
     infos = shapes.resolve(input_shape, [layer.model_dump() for layer in cfg.model.layers])
     model = build(shapes.architecture(infos))
-    model.layers[0].needs_input_grad = False
+    model.skip_input_gradient()
     optimizer = Optimizer(cfg.optim)
     B = cfg.train.batch_size
     rng = np.random.default_rng(0)
@@ -66,6 +66,8 @@ def main():
         _, d = softmax_cross_entropy(x, y)
         times["loss"].append(time.perf_counter() - t)
         for i in reversed(range(len(model.layers))):
+            if d is None:  # the layers before the first parametric one get no gradient
+                break
             t = time.perf_counter()
             d = model.layers[i].backward(d)
             times[f"{i:2d} {type(model.layers[i]).__name__} backward"].append(time.perf_counter() - t)

@@ -175,7 +175,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console) -> RunResul
     dtype = np.float32
     model = build(architecture, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
                   init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype)
-    model.layers[0].needs_input_grad = False
+    model.skip_input_gradient()
     optimizer = Optimizer(cfg.optim)
 
     if resume:

@@ -67,6 +67,12 @@ class Layer:
 
 
 # ----------------------------------------------------------------------------- Linear
+def _matmul_work(n, out_features, in_features) -> int:
+    """A product's size in over_batch's units (elements touched): below ~16M multiply-adds
+    a thread hand-off costs more than it saves."""
+    return n * out_features * in_features // 256
+
+
 class Linear(Layer):
     """Fully connected layer y = x W^T + b (torch.nn.Linear).
 
@@ -90,7 +96,7 @@ class Linear(Layer):
             if bias is not None:
                 out[b0:b1] += bias
 
-        over_batch(run, len(x), x.size + out.size + weight.size)
+        over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape))
         return out
 
     def backward(self, dout):
@@ -109,7 +115,7 @@ class Linear(Layer):
                 np.matmul(dout[b0:b1], weight, out=dx[b0:b1])
             return dout[b0:b1].T @ x[b0:b1], dout[b0:b1].sum(axis=0)
 
-        parts = over_batch(run, len(x), x.size + dout.size + weight.size)
+        parts = over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape))
         self.grads["weight"] = ordered_sum([p[0] for p in parts])
         if "bias" in self.params:
             self.grads["bias"] = ordered_sum([p[1] for p in parts])

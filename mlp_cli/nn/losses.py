@@ -17,12 +17,20 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, label_smoothin
     With label smoothing eps the target is y = (1 - eps) one_hot + eps / K (as in PyTorch).
     """
     N, K = logits.shape
+    rows = np.arange(N)
     shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    target = np.zeros_like(logits)
-    target[np.arange(N), labels] = 1
+    exp = np.exp(shifted)
+    total = exp.sum(axis=1, keepdims=True)
+    log_probs = shifted - np.log(total)  # log y^, never log of a rounded softmax
+    picked = log_probs[rows, labels].sum(dtype=np.float64)
     if label_smoothing:
-        target = target * (1 - label_smoothing) + label_smoothing / K
-    loss = -float((target * log_probs).sum(dtype=np.float64)) / N
-    dlogits = (np.exp(log_probs) - target) / N  # (y^ - y) / N
-    return loss, dlogits.astype(logits.dtype, copy=False)
+        # y = (1 - eps) one_hot + eps / K
+        loss = -((1 - label_smoothing) * picked + label_smoothing / K * log_probs.sum(dtype=np.float64)) / N
+    else:
+        loss = -picked / N
+    grad = exp / total  # y^
+    grad[rows, labels] -= 1 - label_smoothing
+    if label_smoothing:
+        grad -= label_smoothing / K
+    grad /= N  # (y^ - y) / N
+    return float(loss), grad.astype(logits.dtype, copy=False)

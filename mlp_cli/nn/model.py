@@ -45,10 +45,22 @@ class Sequential:
     __call__ = forward
 
     def backward(self, dout):
-        """Back-propagate dL/d(output); returns dL/d(input), or None when the first layer skips it."""
+        """Back-propagate dL/d(output); returns dL/d(input), or None once a layer skipped it
+        (see skip_input_gradient)."""
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
+            if dout is None:
+                break
         return dout
+
+    def skip_input_gradient(self):
+        """In training nothing needs dL/d(input): let the first layer with parameters skip its
+        input gradient (a large product for a first conv) and stop the backward pass there."""
+        for layer in self.layers:
+            if layer.params:
+                layer.needs_input_grad = False
+                break
+        return self
 
     def named_params(self) -> dict[str, np.ndarray]:
         return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
