@@ -14,28 +14,25 @@ import argparse
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from mlp_cli import config, shapes
 from mlp_cli.interop import torch_sequential
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
 from mlp_cli.nn.parallel import single_threaded_blas
 
-MLP = [{"type": "Flatten"}, {"type": "Linear", "in_features": 784, "out_features": 100}, {"type": "Tanh"},
-       {"type": "Linear", "in_features": 100, "out_features": 10}]
-CIFAR = [
-    {"type": "Conv2d", "in_channels": 3, "out_channels": 32, "kernel_size": 5, "padding": 2},
-    {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2, "stride": 2},
-    {"type": "Conv2d", "in_channels": 32, "out_channels": 64, "kernel_size": 5, "padding": 2},
-    {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2, "stride": 2},
-    {"type": "Conv2d", "in_channels": 64, "out_channels": 64, "kernel_size": 5, "padding": 2},
-    {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2, "stride": 2},
-    {"type": "Flatten"},
-    {"type": "Linear", "in_features": 1024, "out_features": 1000}, {"type": "ReLU"},
-    {"type": "Linear", "in_features": 1000, "out_features": 10},
-]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def architecture(config_name: str) -> list[dict]:
+    """The network of a shipped config, as the trainer builds it."""
+    cfg = config.load(CONFIGS / config_name)
+    infos = shapes.resolve(shapes.dataset_input_shape(cfg.data), [l.model_dump() for l in cfg.model.layers])
+    return shapes.architecture(infos)
 
 
 def time_ours(arch, x, y, repeats, inner):
@@ -82,8 +79,8 @@ def main():
     rng = np.random.default_rng(0)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), numpy {np.__version__}")
-    cases = [("mlp 784-100-10, batch 64", MLP, (64, 1, 28, 28), 200),
-             ("cifar10 net, batch 128", CIFAR, (128, 3, 32, 32), 3)]
+    cases = [("mlp 784-100-10, batch 64", architecture("mnist_mlp.yaml"), (64, 1, 28, 28), 200),
+             ("cifar10 net, batch 128", architecture("cifar10_cnn.yaml"), (128, 3, 32, 32), 3)]
     for name, arch, shape, inner in cases:
         x = rng.standard_normal(shape).astype(np.float32)
         y = rng.integers(0, 10, shape[0])

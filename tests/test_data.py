@@ -9,12 +9,6 @@ from mlp_cli.data.circles import make_circles
 from mlp_cli.errors import DataError
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLP_CLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MLP_CLI_DATA", str(tmp_path / "no-data-here"))
-
-
 def image_split(n=10, h=8, w=8, c=3, seed=0):
     rng = np.random.default_rng(seed)
     return Split(rng.integers(0, 256, (n, h, w, c), dtype=np.uint8), np.arange(n, dtype=np.int64),

@@ -20,12 +20,6 @@ tvd = pytest.importorskip("torchvision.datasets")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLP_CLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MLP_CLI_DATA", str(tmp_path / "no-data-here"))
-
-
 @pytest.fixture
 def offline(monkeypatch):
     """Downloads fail as they do without network (after creating a partial file), with no network use."""

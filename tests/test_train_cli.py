@@ -21,12 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MLP_CLI = [sys.executable, "-m", "mlp_cli.cli"]
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLP_CLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("MLP_CLI_DATA", str(tmp_path / "no-data-here"))
-
-
 @pytest.fixture
 def image_folder(tmp_path):
     """3 classes of 10x10 RGB images whose colour says the class, 24 train / 9 test each."""
