@@ -357,7 +357,8 @@ class AvgPool2d(_Pool2d):
 
 # ----------------------------------------------------------------------------- activations
 def _elementwise(fn, *arrays):
-    """out = fn(*arrays) (same shape and memory layout), computed over batch ranges in parallel."""
+    """fn(*slices, out=slice) over batch ranges in parallel; out has the shape and memory
+    layout of arrays[0]."""
     out = np.empty_like(arrays[0])
 
     def run(b0, b1):
@@ -367,14 +368,15 @@ def _elementwise(fn, *arrays):
     return out
 
 
-def _relu_grad(dout, out, *, out_):
-    np.multiply(dout, out > 0, out=out_)
+def _relu_backward(dout, y, out):
+    np.multiply(dout, y > 0, out=out)
 
 
-def _tanh_grad(dout, y, *, out_):
-    np.multiply(y, y, out=out_)  # tanh^2
-    np.subtract(1, out_, out=out_)
-    out_ *= dout
+def _tanh_backward(dout, y, out):
+    # grad h~ = (1 - tanh^2(h~)) * grad h: the seed's grad h~ line, element-wise
+    np.multiply(y, y, out=out)
+    np.subtract(1, out, out=out)
+    out *= dout
 
 
 class ReLU(Layer):
@@ -385,7 +387,7 @@ class ReLU(Layer):
         return self.out
 
     def backward(self, dout):
-        return _elementwise(lambda d, y, out: _relu_grad(d, y, out_=out), dout, self.out)
+        return _elementwise(_relu_backward, dout, self.out)
 
 
 class Tanh(Layer):
@@ -396,8 +398,7 @@ class Tanh(Layer):
         return self.out
 
     def backward(self, dout):
-        # grad h~ = (1 - tanh^2(h~)) * grad h  (the seed's grad h~ line, element-wise)
-        return _elementwise(lambda d, y, out: _tanh_grad(d, y, out_=out), dout, self.out)
+        return _elementwise(_tanh_backward, dout, self.out)
 
 
 class Sigmoid(Layer):
