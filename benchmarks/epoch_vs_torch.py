@@ -128,7 +128,7 @@ def main():
     parser.add_argument("--data", choices=["synthetic", "real"], default="synthetic")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-torch", action="store_true", help="train the whole recipe in PyTorch, report test accuracy")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come before or after the options
     torch.set_num_threads(args.threads)
     cfg = config.load(args.config, args.overrides)
     print(f"{args.config}: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
