@@ -255,6 +255,7 @@ def report(run_dirs, fmt, plot_path):
     except rep.RunDirError as e:
         fail(str(e), EXIT_USAGE)
     click.echo(rep.FORMATS[fmt](runs))
+    sys.stdout.flush()  # the table before the note on stderr, also when both go to one pipe
     if plot_path:
         written = rep.plot_validation(runs, plot_path)
         click.echo(f"validation curves of {len(runs)} run{'s' * (len(runs) != 1)} written to {written}", err=True)

@@ -353,17 +353,20 @@ def draw_errors(images: np.ndarray, labels: np.ndarray, logits: np.ndarray, clas
 
 # ----------------------------------------------------------------------------- report --plot
 def draw_validation_overlay(curves, path, title: str | None = None) -> Path:
-    """Validation accuracy per epoch of several runs on one axis. `curves`: (name, epochs, accs)."""
+    """Validation accuracy per epoch of several runs on one axis.
+
+    `curves`: (name, epochs, accs, best_epoch) with best_epoch the epoch best.safetensors holds
+    (or None to take the first maximum)."""
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     fig = _figure(10, 6)
     ax = fig.add_subplot()
-    longest = max((len(e) for _, e, _ in curves), default=0)
-    for i, (name, epochs, accs) in enumerate(curves):
+    longest = max((len(c[1]) for c in curves), default=0)
+    for i, (name, epochs, accs, *best_epoch) in enumerate(curves):
         style = dict(marker="o", markersize=3) if longest <= 40 else {}
         label = name
         if accs:
-            best = int(np.argmax(accs))  # the first maximum (validation losses are not drawn here)
+            best = list(epochs).index(best_epoch[0]) if best_epoch and best_epoch[0] in epochs else int(np.argmax(accs))
             label = f"{name} (best {100 * accs[best]:.2f}% @ epoch {epochs[best]})"
         ax.plot(epochs, accs, label=label, linestyle="-" if i < 10 else "--", **style)
     ax.set_xlabel("epoch")

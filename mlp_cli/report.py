@@ -326,4 +326,4 @@ def plot_validation(runs: list[Run], path, title: str | None = None) -> Path:
     """One PNG: the validation accuracy per epoch of every run, one curve each, legend with run names."""
     from mlp_cli.pictures import draw_validation_overlay
 
-    return draw_validation_overlay([(r.name, *r.val_curve()) for r in runs], path, title=title)
+    return draw_validation_overlay([(r.name, *r.val_curve(), r.best[1]) for r in runs], path, title=title)
