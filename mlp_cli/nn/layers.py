@@ -33,6 +33,9 @@ def _nchw(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 3, 1, 2)
 
 
+BLOCK_IMAGES = 8  # images per im2col/col2im block: a block's columns fit in a core's cache
+
+
 def _windows(xp: np.ndarray, out_size, kernel, stride, dilation) -> np.ndarray:
     """Read-only view (N, Ho, Wo, kh, kw, C) of every kernel window of a padded NHWC array:
     element [n, y, x, i, j, c] is xp[n, y*sh + i*dh, x*sw + j*dw, c]. No data is copied."""
@@ -173,12 +176,14 @@ class Conv2d(Layer):
         out = np.empty((N * P, weight.shape[1]), xh.dtype)
 
         def run(b0, b1):  # im2col (one copy from a window view) and the product, for images b0..b1
-            if ph or pw:
-                xp[b0:b1, ph:ph + H, pw:pw + W, :] = xh[b0:b1]
-            np.copyto(cols[b0:b1], _windows(xp[b0:b1], (Ho, Wo), self.kernel_size, self.stride, self.dilation))
-            np.matmul(cols2d[b0 * P:b1 * P], weight, out=out[b0 * P:b1 * P])
-            if bias is not None:
-                out[b0 * P:b1 * P] += bias
+            for c0 in range(b0, b1, BLOCK_IMAGES):  # a block's columns are still in cache for the product
+                c1 = min(c0 + BLOCK_IMAGES, b1)
+                if ph or pw:
+                    xp[c0:c1, ph:ph + H, pw:pw + W, :] = xh[c0:c1]
+                np.copyto(cols[c0:c1], _windows(xp[c0:c1], (Ho, Wo), self.kernel_size, self.stride, self.dilation))
+                np.matmul(cols2d[c0 * P:c1 * P], weight, out=out[c0 * P:c1 * P])
+                if bias is not None:
+                    out[c0 * P:c1 * P] += bias
 
         over_batch(run, N, cols.size)
         self.cols, self.in_shape = cols2d, (N, H, W, C)
@@ -198,16 +203,19 @@ class Conv2d(Layer):
             d = d2[b0 * P:b1 * P]
             grad_w, grad_b = d.T @ cols2d[b0 * P:b1 * P], d.sum(axis=0)
             if dxp is not None:
-                # col2im in two passes with long contiguous runs (kw*C, then C numbers),
-                # which beats kh*kw passes over runs of C.
-                dcols = (d @ weight.T).reshape(b1 - b0, Ho, Wo, kh, kw, C)
-                rows = np.zeros((b1 - b0, Hp, Wo, kw, C), d2.dtype)  # summed over i, not yet over j
-                for i in range(kh):
-                    rows[:, _window(i, dil_h, sh, Ho)] += dcols[:, :, :, i]
-                dx = dxp[b0:b1]
-                dx[...] = 0
-                for j in range(kw):
-                    dx[:, :, _window(j, dil_w, sw, Wo)] += rows[:, :, :, j]
+                # A few images at a time, so dcols is still in cache when col2im reads it back.
+                for c0 in range(b0, b1, BLOCK_IMAGES):
+                    c1 = min(c0 + BLOCK_IMAGES, b1)
+                    dcols = (d2[c0 * P:c1 * P] @ weight.T).reshape(c1 - c0, Ho, Wo, kh, kw, C)
+                    # col2im in two passes with long contiguous runs (kw*C, then C numbers),
+                    # which beats kh*kw passes over runs of C.
+                    rows = np.zeros((c1 - c0, Hp, Wo, kw, C), d2.dtype)  # summed over i, not yet over j
+                    for i in range(kh):
+                        rows[:, _window(i, dil_h, sh, Ho)] += dcols[:, :, :, i]
+                    dx = dxp[c0:c1]
+                    dx[...] = 0
+                    for j in range(kw):
+                        dx[:, :, _window(j, dil_w, sw, Wo)] += rows[:, :, :, j]
             return grad_w, grad_b
 
         parts = over_batch(run, N, cols2d.size)
