@@ -11,7 +11,7 @@ import copy
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -226,9 +226,9 @@ def read_yaml(path: str | Path) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; pass an existing YAML file, e.g. --config configs/mnist_mlp.yaml")
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file, e.g. --config configs/mnist_mlp.yaml") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})")
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -237,7 +237,7 @@ def read_yaml(path: str | Path) -> dict:
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}; fix the syntax of the file")
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}; fix the syntax of the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping with the sections seed, data, model, train, optim")
     return data
@@ -257,7 +257,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
-            raise ConfigError(f"bad override {item!r}: the value {text!r} is not valid YAML; quote strings and use [a, b] for lists")
+            raise ConfigError(f"bad override {item!r}: the value {text!r} is not valid YAML; quote strings and use [a, b] for lists") from None
         parts = key.split(".")
         node = raw
         for i, part in enumerate(parts[:-1]):
