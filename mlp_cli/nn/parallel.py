@@ -11,6 +11,7 @@ results in range order, so a run is reproducible for a given thread count.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 MIN_PARALLEL_SIZE = 1 << 16
 
 
+@functools.cache  # asked for by every layer call: read the environment once per process
 def thread_count() -> int:
     env = os.environ.get("MLP_CLI_THREADS")
     return max(1, int(env)) if env else max(1, min(os.cpu_count() or 1, 8))
@@ -51,8 +53,10 @@ def over_batch(fn, n: int, size: int) -> list:
 
 def ordered_sum(parts):
     """Sum of partial results in a fixed order (deterministic float rounding)."""
-    total = parts[0].copy() if hasattr(parts[0], "copy") else parts[0]
-    for p in parts[1:]:
+    if len(parts) == 1:
+        return parts[0]
+    total = parts[0] + parts[1]
+    for p in parts[2:]:
         total += p
     return total
 
