@@ -22,7 +22,7 @@ from mlp_cli.data import Split, batches
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
 from mlp_cli.nn.optim import Optimizer
-from mlp_cli.nn.parallel import single_threaded_blas
+from mlp_cli.nn.parallel import engine_threads
 
 
 def main():
@@ -52,7 +52,7 @@ def main():
 
     times = defaultdict(list)
     it = batches(split, B, train=True, rng=rng, normalization=norm, augment=cfg.data.augment)
-    blas = single_threaded_blas()  # as in training
+    blas = engine_threads(model)  # as in training
     blas.__enter__()
     for step in range(args.steps + 1):
         t = time.perf_counter()

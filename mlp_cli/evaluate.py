@@ -58,9 +58,9 @@ def evaluate_checkpoint(path, split_name: str, *, cfg=None, data_root: str | Non
         raise RuntimeFailure(f"the classes of the {split_name} split ({', '.join(map(str, split.classes[:4]))}, ...) "
                              f"differ from the checkpoint's ({', '.join(map(str, ckpt.classes[:4]))}, ...); "
                              "point --data-root at the data the model was trained on")
-    from mlp_cli.nn.parallel import single_threaded_blas
+    from mlp_cli.nn.parallel import engine_threads
 
-    with single_threaded_blas():
+    with engine_threads(model):
         result = evaluate(model, split, batch_size=cfg.train.eval_batch_size, normalization=ckpt.normalization,
                           augment=cfg.data.augment)
     return {"split": split_name, "checkpoint": str(path), "epoch": ckpt.metadata.get("epoch"),

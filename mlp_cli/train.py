@@ -144,18 +144,17 @@ def _fmt(value, pct=False):
 def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | None = None) -> RunResult:
     """Train `cfg` into `run_dir` (or continue the run there). Raises ConfigError/ShapeError
     before anything is written, DataError when data is missing, Divergence, Interrupted."""
-    from mlp_cli.nn.parallel import single_threaded_blas
-
-    with single_threaded_blas():  # the engine runs its own threads over the batch
-        return _fit(cfg, Path(run_dir), resume, console or Console())
+    with contextlib.ExitStack() as stack:
+        return _fit(cfg, Path(run_dir), resume, console or Console(), stack)
 
 
-def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console) -> RunResult:
+def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: contextlib.ExitStack) -> RunResult:
     from mlp_cli import data
     from mlp_cli.evaluate import evaluate, metrics_from_logits, predict
     from mlp_cli.nn.losses import softmax_cross_entropy
     from mlp_cli.nn.model import build
     from mlp_cli.nn.optim import Optimizer, lr_at
+    from mlp_cli.nn.parallel import engine_threads
 
     input_shape, infos = check_network(cfg)
     architecture = shapes.architecture(infos)
@@ -176,6 +175,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console) -> RunResul
     model = build(architecture, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
                   init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype)
     model.skip_input_gradient()
+    stack.enter_context(engine_threads(model))
     optimizer = Optimizer(cfg.optim)
 
     if resume:

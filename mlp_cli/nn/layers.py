@@ -99,7 +99,7 @@ class Linear(Layer):
             if bias is not None:
                 out[b0:b1] += bias
 
-        over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape))
+        over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
         return out
 
     def backward(self, dout):
@@ -118,7 +118,7 @@ class Linear(Layer):
                 np.matmul(dout[b0:b1], weight, out=dx[b0:b1])
             return dout[b0:b1].T @ x[b0:b1], dout[b0:b1].sum(axis=0)
 
-        parts = over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape))
+        parts = over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
         self.grads["weight"] = ordered_sum([p[0] for p in parts])
         if "bias" in self.params:
             self.grads["bias"] = ordered_sum([p[1] for p in parts])
@@ -185,7 +185,7 @@ class Conv2d(Layer):
                 if bias is not None:
                     out[c0 * P:c1 * P] += bias
 
-        over_batch(run, N, cols.size)
+        over_batch(run, N, cols.size, uses_blas=True)
         self.cols, self.in_shape = cols2d, (N, H, W, C)
         return _nchw(out.reshape(N, Ho, Wo, -1))
 
@@ -218,7 +218,7 @@ class Conv2d(Layer):
                         dx[:, :, _window(j, dil_w, sw, Wo)] += rows[:, :, :, j]
             return grad_w, grad_b
 
-        parts = over_batch(run, N, cols2d.size)
+        parts = over_batch(run, N, cols2d.size, uses_blas=True)
         self.grads["weight"] = ordered_sum([p[0] for p in parts]).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
         if "bias" in self.params:
             self.grads["bias"] = ordered_sum([p[1] for p in parts])

@@ -26,6 +26,7 @@ def thread_count() -> int:
 
 
 _pool: ThreadPoolExecutor | None = None
+_blas_single_threaded = False  # set while single_threaded_blas() is active
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -35,14 +36,16 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-def over_batch(fn, n: int, size: int) -> list:
+def over_batch(fn, n: int, size: int, uses_blas: bool = False) -> list:
     """Call fn(start, stop) on contiguous ranges covering [0, n), in parallel when worth it,
     and return the results in range order.
 
     `size` is the number of elements the whole job touches, used to skip threads for small jobs.
+    A job with matrix products (`uses_blas`) runs in one piece unless BLAS is single-threaded,
+    since BLAS's own threads already use the cores.
     """
     threads = thread_count()
-    if threads == 1 or n < 2 or size < MIN_PARALLEL_SIZE:
+    if threads == 1 or n < 2 or size < MIN_PARALLEL_SIZE or (uses_blas and not _blas_single_threaded):
         return [fn(0, n)]
     parts = min(threads, n)
     bounds = [n * k // parts for k in range(parts + 1)]
@@ -63,14 +66,30 @@ def ordered_sum(parts):
 
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Limit BLAS to one thread while the engine runs its own threads (no-op with one thread)."""
-    if thread_count() == 1:
-        yield
-        return
+    """Limit BLAS to one thread while the engine runs its own threads over the batch (no-op
+    with one thread, or without threadpoolctl: then products keep BLAS's threads)."""
+    global _blas_single_threaded
     try:
         from threadpoolctl import threadpool_limits
-    except ImportError:  # still correct, only slower: BLAS and our threads share the cores
+    except ImportError:
+        threadpool_limits = None
+    if thread_count() == 1 or threadpool_limits is None or _blas_single_threaded:
         yield
         return
     with threadpool_limits(limits=1, user_api="blas"):
-        yield
+        _blas_single_threaded = True
+        try:
+            yield
+        finally:
+            _blas_single_threaded = False
+
+
+def engine_threads(model):
+    """The threading that suits a network: for conv nets, whose im2col, col2im and pooling are
+    memory-bound copies, the engine's threads over the batch with single-threaded BLAS; for
+    dense nets, which are all matrix products, BLAS's own threads."""
+    from mlp_cli.nn.layers import Conv2d
+
+    if any(isinstance(layer, Conv2d) for layer in model.layers):
+        return single_threaded_blas()
+    return contextlib.nullcontext()
