@@ -165,7 +165,6 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     check_outputs(infos, len(classes), cfg.data.dataset)
     norm = data.normalization(train_split, cfg.data)
 
-    run_dir = Path(run_dir)
     last_path, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
     metrics_path = run_dir / "metrics.csv"
     resolved = cfg.dump()
