@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlp_cli.data.pipeline import center_crop, normalize
+
 from mlp_cli.errors import RuntimeFailure
 
 BATCH = 256
@@ -87,22 +89,9 @@ def load_image(path, geo: Geometry) -> np.ndarray:
     u8 = np.asarray(img, dtype=np.uint8)
     if u8.ndim == 2:
         u8 = u8[:, :, None]
-    if geo.crop is not None:
-        ch, cw = geo.crop
-        top, left = (th - ch) // 2, (tw - cw) // 2
-        u8 = u8[top:top + ch, left:left + cw, :]
+    if geo.crop is not None:  # square: the config's augment.crop
+        u8 = center_crop(u8[None], geo.crop[0])[0]
     return np.ascontiguousarray(u8)
-
-
-def normalize(u8: np.ndarray, normalization: dict | None) -> np.ndarray:
-    """uint8 (N, H, W, C) -> float32 (N, C, H, W), the NCHW view of channels-last memory:
-    (u8 / 255 - mean) / std per channel, as the data pipeline computes it."""
-    x = u8.astype(np.float32) / np.float32(255)
-    if normalization:
-        mean = np.asarray(normalization["mean"], np.float32)
-        std = np.asarray(normalization["std"], np.float32)
-        x = (x - mean) / std
-    return x.transpose(0, 3, 1, 2)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -33,10 +33,10 @@ def make_checkpoint(path, arch, input_shape, normalization, classes, config=None
 
 def reference(ckpt_path, u8):
     """A direct forward of uint8 (N, H, W, C) normalized as the data pipeline does."""
+    from mlp_cli.data import normalize
+
     ckpt = checkpoint.load(ckpt_path)
-    mean = np.asarray(ckpt.normalization["mean"], np.float32)
-    std = np.asarray(ckpt.normalization["std"], np.float32)
-    x = ((u8.astype(np.float32) / np.float32(255) - mean) / std).transpose(0, 3, 1, 2)
+    x = normalize(u8, ckpt.normalization)
     logits = checkpoint.load_model(ckpt).forward(x).astype(np.float64)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
