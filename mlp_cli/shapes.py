@@ -460,9 +460,3 @@ def activation_bytes(input_shape: Sequence[int], infos: Sequence[LayerInfo], bat
     """
     values = _prod(input_shape) + sum(_prod(info.output_shape) for info in infos)
     return values * batch_size * bytes_per_value
-
-
-def output_shape(input_shape: Sequence[int], layers: Sequence[Mapping[str, Any]]) -> list[int]:
-    """The shape that leaves the last layer (the input shape when there are no layers)."""
-    infos = resolve(input_shape, layers)
-    return list(infos[-1].output_shape) if infos else _check_input_shape(input_shape)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from mlp_cli.data.pipeline import batches, center_crop, crop_and_flip, normalization, normalize
 from mlp_cli.data.split import Split, split_indices
 
-__all__ = ["Split", "batches", "center_crop", "crop_and_flip", "describe", "input_shape", "load_splits",
+__all__ = ["Split", "batches", "center_crop", "crop_and_flip", "load_splits",
            "normalization", "normalize", "split_indices"]
 
 SPLITS = ("train", "val", "test")
@@ -60,20 +60,3 @@ def _load(data_cfg, train: bool) -> Split:
     from mlp_cli.data.sources import load_torchvision
 
     return load_torchvision(data_cfg.dataset, data_cfg.resolved_root(), train)
-
-
-def input_shape(data_cfg) -> list[int]:
-    """The shape one example has when it reaches the net ([C, H, W] after the crop, or [D]); no I/O."""
-    from mlp_cli.shapes import dataset_input_shape
-
-    return dataset_input_shape(data_cfg)
-
-
-def describe(splits: dict[str, Split]) -> str:
-    """One line about loaded splits, e.g. "45000 train / 5000 val / 10000 test, 32x32x3 uint8, 10 classes"."""
-    if not splits:
-        return "no data"
-    first = next(iter(splits.values()))
-    sizes = " / ".join(f"{len(s)} {name}" for name, s in splits.items())
-    example = "x".join(str(d) for d in first.x.shape[1:])
-    return f"{sizes}, {example} {first.x.dtype}, {len(first.classes)} classes"

@@ -91,9 +91,6 @@ class Sequential:
                 raise ValueError(f"{name}: shape {value.shape} in the state dict, {target.shape} in the network")
             target[...] = value
 
-    def num_params(self) -> int:
-        return sum(v.size for v in self.named_params().values())
-
 
 def build(architecture: list[dict], *, rng: np.random.Generator | None = None, weight_init: str = "default",
           init_std: float | None = None, bias_init: str = "default", dtype=np.float32) -> Sequential:
