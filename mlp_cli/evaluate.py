@@ -42,16 +42,21 @@ def evaluate(model, split, *, batch_size, normalization, augment) -> dict:
     return metrics_from_logits(logits, split.y, len(split.classes))
 
 
-def evaluate_checkpoint(path, split_name: str, *, cfg=None, data_root: str | None = None) -> dict:
-    """Metrics of a checkpoint on one split, with the data and normalization that the checkpoint
-    records (`cfg` defaults to the checkpoint's own config; `data_root` replaces data.root)."""
+def checkpoint_result(path, ckpt, split_name: str, metrics: dict) -> dict:
+    """What `mlp-cli eval --json` prints and test_metrics.json holds."""
+    return {"split": split_name, "checkpoint": str(path), "epoch": ckpt.metadata.get("epoch"),
+            "classes": list(ckpt.classes), **metrics}
+
+
+def evaluate_checkpoint(path, split_name: str, *, data_root: str | None = None) -> dict:
+    """Metrics of a checkpoint on one split, with the data, config and normalization that the
+    checkpoint records (`data_root` replaces data.root)."""
     from mlp_cli import checkpoint, config, data
     from mlp_cli.errors import RuntimeFailure
 
     ckpt = checkpoint.load(path)
     model = checkpoint.load_model(ckpt)
-    if cfg is None:
-        cfg = config.validate(ckpt.config, f"{path} (its recorded config)")
+    cfg = config.validate(ckpt.config, f"{path} (its recorded config)")
     data_cfg = cfg.data if data_root is None else cfg.data.model_copy(update={"root": data_root})
     split = data.load_splits(data_cfg, cfg.seed, (split_name,))[split_name]
     if list(split.classes) != list(ckpt.classes):
@@ -63,8 +68,7 @@ def evaluate_checkpoint(path, split_name: str, *, cfg=None, data_root: str | Non
     with engine_threads(model):
         result = evaluate(model, split, batch_size=cfg.train.eval_batch_size, normalization=ckpt.normalization,
                           augment=cfg.data.augment)
-    return {"split": split_name, "checkpoint": str(path), "epoch": ckpt.metadata.get("epoch"),
-            "classes": list(ckpt.classes), **result}
+    return checkpoint_result(path, ckpt, split_name, result)
 
 
 def format_report(result: dict) -> str:

@@ -150,7 +150,7 @@ def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | 
 
 def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: contextlib.ExitStack) -> RunResult:
     from mlp_cli import data
-    from mlp_cli.evaluate import evaluate, metrics_from_logits, predict
+    from mlp_cli.evaluate import checkpoint_result, evaluate, metrics_from_logits, predict
     from mlp_cli.nn.losses import softmax_cross_entropy
     from mlp_cli.nn.model import build
     from mlp_cli.nn.optim import Optimizer, lr_at
@@ -275,8 +275,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
         test_split = data.load_splits(cfg.data, cfg.seed, ("test",))["test"]
         logits = predict(best_model, test_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
                          augment=cfg.data.augment)
-        test = {"split": "test", "checkpoint": str(best_path), "epoch": best.metadata["epoch"], "classes": classes,
-                **metrics_from_logits(logits, test_split.y, len(classes))}
+        test = checkpoint_result(best_path, best, "test", metrics_from_logits(logits, test_split.y, len(classes)))
         checkpoint.atomic_write_text(run_dir / "test_metrics.json", json.dumps(test, indent=2) + "\n")
         if cfg.train.plots:
             from mlp_cli import pictures
