@@ -1,0 +1,157 @@
+"""Stride-1 convolution through the discrete Fourier transform, every step a matrix product.
+
+Why: a 5x5 convolution with 32 or 64 channels is 25 multiply-adds per input channel, output
+channel and pixel when done by im2col. In the frequency domain it is one complex multiply-add
+per channel pair and frequency, so most of the arithmetic disappears (3-4x fewer operations for
+the CIFAR-10 net's conv2 and conv3). The transforms are done as small matrix products with
+precomputed DFT matrices (an FFT call per 20x20 image costs more than the whole product here),
+which also lets the matrices absorb the zero padding and the cropping of the output.
+
+The layout, per image, with channels last throughout (x is (H, W, C)):
+
+    S1  u = A1 @ x            contract H: (2Fh, H) @ (H, W*C)    half spectrum along H
+    S2  v = A2 @ u[f]         contract W: (2Pw, 2W) @ (2W, C)    full spectrum along W
+    mix y[q] = v[q] @ G[q]    per frequency q: (1, 2C) @ (2C, 2O) the channel mixing
+    S3  t = B3 @ y[f]         inverse along W: (2Wo, 2Pw) @ (2Pw, O)
+    S4  out = B4 @ t          inverse along H, real part: (Ho, 2Fh) @ (2Fh, Wo*O)
+
+Complex numbers are pairs of real rows (r = real, imaginary), so every product is a real float32
+matrix product. Ph = H + 2*pad_h and Pw = W + 2*pad_w are the transform sizes: the smallest that
+keep the circular correlation from wrapping into the outputs we keep. The backward pass is the
+transpose of each step in reverse order, so it is the exact gradient of what forward computed.
+The im2col path in layers.Conv2d is the reference these are tested against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+# When to take the DFT: where its predicted multiply-adds are at most this many times im2col's.
+# im2col's copies cost it more than its multiply-adds say (a 3-channel 32x32 layer inside a net
+# is 1.5x faster by the DFT with 1.9x the multiply-adds), but a network's first layer skips
+# im2col's most expensive part, the input gradient's col2im. benchmarks/conv_methods.py measures it.
+DFT_COST_RATIO = {"first layer": 1.0, "other layers": 2.0}
+
+
+def dft_is_cheaper(H, W, kernel, padding, dilation, C, O, needs_input_grad=True) -> bool:
+    dft, im2col = cost(H, W, kernel, padding, dilation, C, O)
+    return dft <= DFT_COST_RATIO["other layers" if needs_input_grad else "first layer"] * im2col
+
+
+def cost(H, W, kernel, padding, dilation, C, O) -> tuple[int, int]:
+    """Multiply-adds per image of (this method, im2col) for one forward pass."""
+    Ph, Pw, Fh, Ho, Wo = _sizes(H, W, kernel, padding, dilation)
+    dft = (2 * Fh * H * W * C + Fh * 2 * Pw * 2 * W * C + Fh * Pw * 4 * C * O
+           + Fh * 2 * Wo * 2 * Pw * O + Ho * 2 * Fh * Wo * O)
+    return dft, Ho * Wo * kernel[0] * kernel[1] * C * O
+
+
+def _sizes(H, W, kernel, padding, dilation):
+    Ph, Pw = H + 2 * padding[0], W + 2 * padding[1]
+    Ho, Wo = Ph - dilation[0] * (kernel[0] - 1), Pw - dilation[1] * (kernel[1] - 1)
+    return Ph, Pw, Ph // 2 + 1, Ho, Wo
+
+
+def _interleave(re: np.ndarray, im: np.ndarray, axis: int) -> np.ndarray:
+    """Stack re and im so that index 2k along `axis` is re[k] and 2k+1 is im[k]."""
+    both = np.stack([re, im], axis=axis + 1)
+    shape = list(re.shape)
+    shape[axis] *= 2
+    return both.reshape(shape)
+
+
+class DFTConv:
+    """The fixed matrices of one convolution geometry (input size, kernel, padding, dilation).
+
+    Shapes: x (N, H, W, C) -> out (N, Ho, Wo, O); the frequency-domain arrays are
+    (N, Q, 2C) and (N, Q, 2O) with Q = Fh * Pw frequencies and [real | imaginary] halves.
+    """
+
+    def __init__(self, H, W, kernel, padding, dilation, dtype):
+        Ph, Pw, Fh, Ho, Wo = _sizes(H, W, kernel, padding, dilation)
+        self.H, self.W, self.Ph, self.Pw, self.Fh, self.Ho, self.Wo = H, W, Ph, Pw, Fh, Ho, Wo
+        self.kernel, self.dtype = kernel, dtype
+        f, p = np.arange(Fh), np.arange(Pw)
+
+        # S1: X[f] = sum_h x[h] e^{-2 pi i f (h + pad_h) / Ph}; rows (f, r).
+        angle = 2 * np.pi * np.outer(f, np.arange(H) + padding[0]) / Ph
+        self.A1 = _interleave(np.cos(angle), -np.sin(angle), axis=0).astype(dtype)
+        # S2: Z[p] = sum_w e^{-2 pi i p (w + pad_w) / Pw} U[w]; rows (p, r'), columns (r, w).
+        angle = 2 * np.pi * np.outer(p, np.arange(W) + padding[1]) / Pw
+        c, s = np.cos(angle), np.sin(angle)
+        self.A2 = _interleave(np.hstack([c, s]), np.hstack([-s, c]), axis=0).astype(dtype)
+        # S3: T[w] = sum_p e^{+2 pi i p w / Pw} Y[p] / Pw; rows (r, w), columns (p, r').
+        angle = 2 * np.pi * np.outer(np.arange(Wo), p) / Pw
+        c, s = np.cos(angle) / Pw, np.sin(angle) / Pw
+        self.B3 = np.vstack([_interleave(c, -s, axis=1), _interleave(s, c, axis=1)]).astype(dtype)
+        # S4: out[h] = sum_f weight_f Re(e^{+2 pi i f h / Ph} T[f]) / Ph, where weight_f = 2
+        # counts the conjugate frequency Ph - f that the half spectrum leaves out.
+        weight = np.where((f == 0) | (2 * f == Ph), 1.0, 2.0)
+        angle = 2 * np.pi * np.outer(np.arange(Ho), f) / Ph
+        self.B4 = _interleave(weight * np.cos(angle) / Ph, -weight * np.sin(angle) / Ph, axis=1).astype(dtype)
+        # Kernel -> G: G[q] = sum_{a,b} w[a, b] e^{+i theta}, theta = 2 pi (f a dil_h / Ph + p b dil_w / Pw)
+        # (the conjugate of the kernel's DFT: a correlation, not a convolution).
+        a, b = np.arange(kernel[0]) * dilation[0], np.arange(kernel[1]) * dilation[1]
+        theta = 2 * np.pi * (f[:, None, None, None] * a[None, None, :, None] / Ph
+                             + p[None, :, None, None] * b[None, None, None, :] / Pw)
+        theta = theta.reshape(Fh * Pw, kernel[0] * kernel[1])  # (Q, kh*kw)
+        self.E_cos, self.E_sin = np.cos(theta).astype(dtype), np.sin(theta).astype(dtype)
+
+    @property
+    def frequencies(self) -> int:
+        return self.Fh * self.Pw
+
+    # ------------------------------------------------------------------ weights
+    def weight_block(self, weight: np.ndarray) -> np.ndarray:
+        """weight (O, C, kh, kw) -> (Q, 2C, 2O): [[Gr, Gi], [-Gi, Gr]], the real form of
+        right-multiplying a row [Xr | Xi] by the complex matrix G = Gr + i Gi."""
+        O, C = weight.shape[:2]
+        w = weight.transpose(2, 3, 1, 0).reshape(-1, C * O)  # (kh*kw, C*O)
+        Gr = (self.E_cos @ w).reshape(-1, C, O)
+        Gi = (self.E_sin @ w).reshape(-1, C, O)
+        block = np.empty((len(Gr), 2 * C, 2 * O), weight.dtype)
+        block[:, :C, :O] = Gr
+        block[:, :C, O:] = Gi
+        np.negative(Gi, out=block[:, C:, :O])
+        block[:, C:, O:] = Gr
+        return block
+
+    def weight_grad(self, grad_block: np.ndarray) -> np.ndarray:
+        """The transpose of weight_block: (Q, 2C, 2O) gradient -> (O, C, kh, kw) gradient."""
+        Q, C2, O2 = grad_block.shape
+        C, O = C2 // 2, O2 // 2
+        dGr = grad_block[:, :C, :O] + grad_block[:, C:, O:]
+        dGi = grad_block[:, :C, O:] - grad_block[:, C:, :O]
+        dw = self.E_cos.T @ dGr.reshape(Q, C * O) + self.E_sin.T @ dGi.reshape(Q, C * O)
+        return dw.reshape(*self.kernel, C, O).transpose(3, 2, 0, 1)
+
+    # ------------------------------------------------------------------ transforms
+    def to_frequency(self, x: np.ndarray, out: np.ndarray) -> None:
+        """S1, S2: x (n, H, W, C) -> out (n, Q, 2C)."""
+        n, H, W, C = x.shape
+        u = np.matmul(self.A1, x.reshape(n, H, W * C))  # (n, 2Fh, W*C)
+        np.matmul(self.A2, u.reshape(n * self.Fh, 2 * W, C), out=out.reshape(n * self.Fh, 2 * self.Pw, C))
+
+    def from_frequency(self, y: np.ndarray, out: np.ndarray) -> None:
+        """S3, S4: y (n, Q, 2O) -> out (n, Ho, Wo, O)."""
+        n, O = len(y), y.shape[2] // 2
+        t = np.matmul(self.B3, y.reshape(n * self.Fh, 2 * self.Pw, O))  # (n*Fh, 2Wo, O)
+        np.matmul(self.B4, t.reshape(n, 2 * self.Fh, self.Wo * O), out=out.reshape(n, self.Ho, self.Wo * O))
+
+    def from_frequency_transposed(self, dout: np.ndarray, out: np.ndarray) -> None:
+        """Transpose of S4, S3: dout (n, Ho, Wo, O) -> out (n, Q, 2O)."""
+        n, Ho, Wo, O = dout.shape
+        dt = np.matmul(self.B4.T, dout.reshape(n, Ho, Wo * O))  # (n, 2Fh, Wo*O)
+        np.matmul(self.B3.T, dt.reshape(n * self.Fh, 2 * Wo, O), out=out.reshape(n * self.Fh, 2 * self.Pw, O))
+
+    def to_frequency_transposed(self, dv: np.ndarray, out: np.ndarray) -> None:
+        """Transpose of S2, S1: dv (n, Q, 2C) -> out (n, H, W, C)."""
+        n, C = len(dv), dv.shape[2] // 2
+        du = np.matmul(self.A2.T, dv.reshape(n * self.Fh, 2 * self.Pw, C))  # (n*Fh, 2W, C)
+        np.matmul(self.A1.T, du.reshape(n, 2 * self.Fh, self.W * C), out=out.reshape(n, self.H, self.W * C))
+
+
+def mix(v: np.ndarray, block: np.ndarray, out: np.ndarray) -> None:
+    """Per frequency, v (n, Q, 2C) @ block (Q, 2C, 2O) -> out (n, Q, 2O)."""
+    np.matmul(v.transpose(1, 0, 2), block, out=out.transpose(1, 0, 2))

@@ -1,0 +1,95 @@
+"""The DFT convolution (nn/dftconv.py) against its reference, im2col, and against PyTorch."""
+
+import numpy as np
+import pytest
+
+import test_parity_torch as parity
+from mlp_cli.gradcheck import check_layer
+from mlp_cli.nn import layers as L
+
+
+def random_geometry(rng):
+    C, F = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
+    dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    H = int(rng.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 13))
+    W = int(rng.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 13))
+    conv = dict(in_channels=C, out_channels=F, kernel_size=(kh, kw), padding=(ph, pw), dilation=(dh, dw),
+                bias=bool(rng.integers(0, 2)))
+    return conv, (int(rng.integers(1, 5)), C, H, W)
+
+
+def step(method, conv, x, dout_seed, dtype):
+    layer = L.Conv2d(**conv, dtype=dtype)
+    layer.method = method
+    rng = np.random.default_rng(dout_seed)
+    for p in layer.params.values():
+        p[...] = rng.standard_normal(p.shape)
+    out = np.array(layer.forward(x))
+    dx = np.array(layer.backward(rng.standard_normal(out.shape).astype(dtype)))
+    return out, dx, {k: np.array(v) for k, v in layer.grads.items()}
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-11), (np.float32, 2e-5)])
+def test_dft_equals_im2col(seed, dtype, tol):
+    rng = np.random.default_rng(seed)
+    conv, shape = random_geometry(rng)
+    x = rng.standard_normal(shape).astype(dtype)
+    ref, got = step("im2col", conv, x, seed, dtype), step("dft", conv, x, seed, dtype)
+    for what, a, b in [("output", ref[0], got[0]), ("input gradient", ref[1], got[1])] + \
+            [(f"grad {k}", ref[2][k], got[2][k]) for k in ref[2]]:
+        assert a.shape == b.shape, what
+        assert np.abs(a - b).max() <= tol * max(np.abs(a).max(), 1.0), f"{conv} {shape}: {what}"
+
+
+@pytest.mark.parametrize("conv,shape", [
+    (dict(in_channels=3, out_channels=4, kernel_size=3), (2, 3, 6, 6)),
+    (dict(in_channels=2, out_channels=3, kernel_size=5, padding=2), (2, 2, 7, 8)),
+    (dict(in_channels=2, out_channels=3, kernel_size=(3, 2), padding=(0, 1), dilation=(2, 1)), (2, 2, 9, 6)),
+])
+def test_dft_gradients_by_finite_differences(conv, shape):
+    rng = np.random.default_rng(0)
+    layer = L.Conv2d(**conv, dtype=np.float64)
+    layer.method = "dft"
+    for p in layer.params.values():
+        p[...] = rng.standard_normal(p.shape)
+    checks = check_layer(layer, rng.standard_normal(shape))
+    assert checks and layer.plan is not None
+    for c in checks:
+        assert c.error <= 1e-6, f"{c.name}: {c.error:.2e}"
+
+
+@pytest.mark.parametrize("method", ["im2col", "dft"])
+@pytest.mark.parametrize("seed", range(6))
+def test_each_method_matches_torch(method, seed, monkeypatch):
+    monkeypatch.setattr(L.Conv2d, "method", method)
+    rng = np.random.default_rng(100 + seed)
+    arch, x, labels = parity.random_case(rng, "Conv2d")
+    parity.run_both(arch, x, labels)
+
+
+@pytest.mark.parametrize("method", ["im2col", "dft"])
+def test_each_method_trains_the_cifar_net_like_torch(method, monkeypatch):
+    monkeypatch.setattr(L.Conv2d, "method", method)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    parity.run_both(parity.CIFAR_NET, x, rng.integers(0, 10, 4), steps=2)
+
+
+def test_auto_takes_the_dft_only_where_it_pays():
+    x = np.zeros((2, 32, 16, 16), np.float32)
+    conv2 = L.Conv2d(32, 64, 5, padding=2)
+    conv2.forward(x)
+    assert conv2.plan is not None  # the CIFAR net's conv2: 0.28x the multiply-adds
+    strided = L.Conv2d(32, 64, 5, stride=2, padding=2)
+    strided.forward(x)
+    assert strided.plan is None  # the DFT computes every output: stride 1 only
+    first = L.Conv2d(3, 32, 5, padding=2)
+    first.needs_input_grad = False  # a first layer skips col2im, im2col's costly half
+    first.forward(np.zeros((2, 3, 32, 32), np.float32))
+    assert first.plan is None
+    large = L.Conv2d(16, 32, 3, padding=1)
+    large.forward(np.zeros((1, 16, 96, 96), np.float32))
+    assert large.plan is None  # a DFT by matrix products costs O(size) per pixel
