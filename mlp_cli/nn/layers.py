@@ -380,21 +380,31 @@ class MaxPool2d(_Pool2d):
         (scanning the window row by row, as PyTorch does)."""
         N, H, W, C = self.in_shape
         Ho, Wo, Hp, Wp = self.geometry
-        ph, pw = self.padding
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         dh = _nhwc(dout)
-        dxp = np.zeros((N, Hp, Wp, C), dout.dtype)
+        # Windows that tile the (padded) input, like 2x2 with stride 2, touch every input once:
+        # each offset's share is written straight into place, with no zeroing and no sums.
+        tiling = (sh, sw) == (kh, kw) and self.dilation == (1, 1) and (Hp, Wp) == (Ho * sh, Wo * sw)
+        dxp = np.empty((N, Hp, Wp, C), dout.dtype) if tiling else np.zeros((N, Hp, Wp, C), dout.dtype)
+
+        block = max(1, (1 << 16) // (Ho * Wo * C))  # images whose masks stay in cache
 
         def route(b0, b1):
-            d, o, xp, dx = dh[b0:b1], self.out[b0:b1], self.xp[b0:b1], dxp[b0:b1]
-            unrouted = None  # windows whose maximum has not been found yet
-            for k, window in self._offsets(Ho, Wo):
-                hit = xp[window] == o
-                if unrouted is None:
-                    unrouted = ~hit
-                else:
-                    hit &= unrouted
-                    unrouted &= ~hit
-                dx[window] += d * hit
+            for c0 in range(b0, b1, block):
+                c1 = min(c0 + block, b1)
+                d, o, xp, dx = dh[c0:c1], self.out[c0:c1], self.xp[c0:c1], dxp[c0:c1]
+                hit, unrouted = np.empty(o.shape, bool), None  # windows whose maximum is still unfound
+                for k, window in self._offsets(Ho, Wo):
+                    np.equal(xp[window], o, out=hit)
+                    if unrouted is None:
+                        unrouted = ~hit
+                    else:
+                        hit &= unrouted
+                        np.greater(unrouted, hit, out=unrouted)  # unrouted and not hit
+                    if tiling:
+                        np.multiply(d, hit, out=dx[window])
+                    else:
+                        dx[window] += d * hit
 
         over_batch(route, N, dxp.size)
         self.xp = self.out = None
