@@ -125,7 +125,9 @@ def load_model(ckpt: Checkpoint):
         model.load_state_dict(ckpt.state)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint tensors do not fit its architecture: {e}") from None
-    return model.eval()
+    # Set up as training sets it up (the first layer's input gradient is never needed), so that
+    # each conv layer takes the same method as in training and gives the same logits to the bit.
+    return model.skip_input_gradient().eval()
 
 
 def optimizer_path(weights_path) -> Path:
