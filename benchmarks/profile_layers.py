@@ -19,10 +19,19 @@ import numpy as np
 
 from mlp_cli import config, shapes
 from mlp_cli.data import Split, batches
+from mlp_cli.nn.layers import Conv2d
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
 from mlp_cli.nn.optim import Optimizer
 from mlp_cli.nn.parallel import engine_threads
+
+
+def label(i, layer):
+    """'3 Conv2d' and, for a convolution, the method it took: '3 Conv2d dft'."""
+    name = f"{i:2d} {type(layer).__name__}"
+    if isinstance(layer, Conv2d):
+        name += " im2col" if getattr(layer, "plan", None) is None else " dft"
+    return name
 
 
 def main():
@@ -58,19 +67,19 @@ def main():
         t = time.perf_counter()
         x, y = next(it)
         times["data"].append(time.perf_counter() - t)
-        for i, layer in enumerate(model.layers):
+        for i in model.order:  # the order Sequential runs them in
             t = time.perf_counter()
-            x = layer.forward(x)
-            times[f"{i:2d} {type(layer).__name__} forward"].append(time.perf_counter() - t)
+            x = model.layers[i].forward(x)
+            times[f"{label(i, model.layers[i])} forward"].append(time.perf_counter() - t)
         t = time.perf_counter()
         _, d = softmax_cross_entropy(x, y)
         times["loss"].append(time.perf_counter() - t)
-        for i in reversed(range(len(model.layers))):
+        for i in reversed(model.order):
             if d is None:  # the layers before the first parametric one get no gradient
                 break
             t = time.perf_counter()
             d = model.layers[i].backward(d)
-            times[f"{i:2d} {type(model.layers[i]).__name__} backward"].append(time.perf_counter() - t)
+            times[f"{label(i, model.layers[i])} backward"].append(time.perf_counter() - t)
         t = time.perf_counter()
         optimizer.step(model.named_params(), model.named_grads(), cfg.optim.lr)
         times["optimizer"].append(time.perf_counter() - t)
