@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlp_cli.nn.parallel import ordered_sum, over_batch
+
 
 # When to take the DFT: where its predicted multiply-adds are at most this many times im2col's.
 # im2col's copies cost it more than its multiply-adds say (a 3-channel 32x32 layer inside a net
@@ -108,22 +110,32 @@ class DFTConv:
         right-multiplying a row [Xr | Xi] by the complex matrix G = Gr + i Gi."""
         O, C = weight.shape[:2]
         w = weight.transpose(2, 3, 1, 0).reshape(-1, C * O)  # (kh*kw, C*O)
-        Gr = (self.E_cos @ w).reshape(-1, C, O)
-        Gi = (self.E_sin @ w).reshape(-1, C, O)
-        block = np.empty((len(Gr), 2 * C, 2 * O), weight.dtype)
-        block[:, :C, :O] = Gr
-        block[:, :C, O:] = Gi
-        np.negative(Gi, out=block[:, C:, :O])
-        block[:, C:, O:] = Gr
+        block = np.empty((self.frequencies, 2 * C, 2 * O), weight.dtype)
+
+        def run(q0, q1):
+            Gr = (self.E_cos[q0:q1] @ w).reshape(-1, C, O)
+            Gi = (self.E_sin[q0:q1] @ w).reshape(-1, C, O)
+            b = block[q0:q1]
+            b[:, :C, :O] = Gr
+            b[:, :C, O:] = Gi
+            np.negative(Gi, out=b[:, C:, :O])
+            b[:, C:, O:] = Gr
+
+        over_batch(run, len(block), block.size, uses_blas=True)
         return block
 
     def weight_grad(self, grad_block: np.ndarray) -> np.ndarray:
         """The transpose of weight_block: (Q, 2C, 2O) gradient -> (O, C, kh, kw) gradient."""
         Q, C2, O2 = grad_block.shape
         C, O = C2 // 2, O2 // 2
-        dGr = grad_block[:, :C, :O] + grad_block[:, C:, O:]
-        dGi = grad_block[:, :C, O:] - grad_block[:, C:, :O]
-        dw = self.E_cos.T @ dGr.reshape(Q, C * O) + self.E_sin.T @ dGi.reshape(Q, C * O)
+
+        def run(q0, q1):
+            g = grad_block[q0:q1]
+            dGr = (g[:, :C, :O] + g[:, C:, O:]).reshape(-1, C * O)
+            dGi = (g[:, :C, O:] - g[:, C:, :O]).reshape(-1, C * O)
+            return self.E_cos[q0:q1].T @ dGr + self.E_sin[q0:q1].T @ dGi
+
+        dw = ordered_sum(over_batch(run, Q, grad_block.size, uses_blas=True))
         return dw.reshape(*self.kernel, C, O).transpose(3, 2, 0, 1)
 
     # ------------------------------------------------------------------ transforms
