@@ -64,7 +64,10 @@ def _scale_shift(normalization: dict | None, width: int, image: bool) -> tuple[n
 
 def normalize(images: np.ndarray, normalization: dict | None) -> np.ndarray:
     """uint8 (B, H, W, C) -> float32 (B, C, H, W), the NCHW view of a C-contiguous (B, H, W, C) array."""
-    scale, shift = _scale_shift(normalization, images.shape[3], image=True)
+    return _normalize(images, *_scale_shift(normalization, images.shape[3], image=True))
+
+
+def _normalize(images: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
     out = np.empty(images.shape, dtype=np.float32)
     np.multiply(images, scale, out=out)
     out += shift
@@ -158,6 +161,7 @@ def batches(split: Split, batch_size: int, *, train: bool, rng: np.random.Genera
         return
     crop = getattr(augment, "crop", None)
     augmenting = train and bool(crop or getattr(augment, "crop_padding", 0) or getattr(augment, "hflip", False))
+    scale, shift = _scale_shift(normalization, split.x.shape[3], image=True)  # once, not per batch
     for start in range(0, n, batch_size):
         if train:
             index = order[start:start + batch_size]
@@ -166,4 +170,4 @@ def batches(split: Split, batch_size: int, *, train: bool, rng: np.random.Genera
         else:
             u8 = center_crop(split.x[start:start + batch_size], crop)
             y = split.y[start:start + batch_size]
-        yield normalize(u8, normalization), y
+        yield _normalize(u8, scale, shift), y
