@@ -23,7 +23,7 @@ from mlp_cli import config, shapes
 from mlp_cli.interop import torch_sequential
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
-from mlp_cli.nn.parallel import engine_threads
+from mlp_cli.nn.parallel import single_threaded_blas
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -44,7 +44,7 @@ def time_ours(arch, x, y, repeats, inner):
         _, d = softmax_cross_entropy(logits, y)
         model.backward(d)
 
-    with engine_threads(model):  # as in training
+    with single_threaded_blas():  # as in training
         return measure(step, repeats, inner)
 
 

@@ -37,7 +37,7 @@ from mlp_cli.interop import torch_sequential
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
 from mlp_cli.nn.optim import Optimizer, lr_at
-from mlp_cli.nn.parallel import engine_threads
+from mlp_cli.nn.parallel import single_threaded_blas
 
 TRAIN_SIZES = {"mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000, "imagefolder": 50000}
 
@@ -59,7 +59,7 @@ def synthetic_splits(cfg):
 
 
 def ours_epoch(model, optimizer, split, cfg, norm, epoch):
-    with engine_threads(model):  # as in mlp-cli train
+    with single_threaded_blas():  # as in mlp-cli train
         return _ours_epoch(model, optimizer, split, cfg, norm, epoch)
 
 

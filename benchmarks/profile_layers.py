@@ -23,7 +23,7 @@ from mlp_cli.nn.layers import Conv2d
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
 from mlp_cli.nn.optim import Optimizer
-from mlp_cli.nn.parallel import engine_threads
+from mlp_cli.nn.parallel import single_threaded_blas
 
 
 def label(i, layer):
@@ -61,7 +61,7 @@ def main():
 
     times = defaultdict(list)
     it = batches(split, B, train=True, rng=rng, normalization=norm, augment=cfg.data.augment)
-    blas = engine_threads(model)  # as in training
+    blas = single_threaded_blas()  # as in training
     blas.__enter__()
     for step in range(args.steps + 1):
         t = time.perf_counter()

@@ -63,9 +63,9 @@ def evaluate_checkpoint(path, split_name: str, *, data_root: str | None = None) 
         raise RuntimeFailure(f"the classes of the {split_name} split ({', '.join(map(str, split.classes[:4]))}, ...) "
                              f"differ from the checkpoint's ({', '.join(map(str, ckpt.classes[:4]))}, ...); "
                              "point --data-root at the data the model was trained on")
-    from mlp_cli.nn.parallel import engine_threads
+    from mlp_cli.nn.parallel import single_threaded_blas
 
-    with engine_threads(model):
+    with single_threaded_blas():
         result = evaluate(model, split, batch_size=cfg.train.eval_batch_size, normalization=ckpt.normalization,
                           augment=cfg.data.augment)
     return checkpoint_result(path, ckpt, split_name, result)

@@ -154,7 +154,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     from mlp_cli.nn.losses import softmax_cross_entropy
     from mlp_cli.nn.model import build
     from mlp_cli.nn.optim import Optimizer, lr_at
-    from mlp_cli.nn.parallel import engine_threads
+    from mlp_cli.nn.parallel import single_threaded_blas
 
     input_shape, infos = check_network(cfg)
     architecture = shapes.architecture(infos)
@@ -174,7 +174,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     model = build(architecture, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
                   init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype)
     model.skip_input_gradient()
-    stack.enter_context(engine_threads(model))
+    stack.enter_context(single_threaded_blas())
     optimizer = Optimizer(cfg.optim)
 
     if resume:

@@ -67,7 +67,13 @@ def ordered_sum(parts):
 @contextlib.contextmanager
 def single_threaded_blas():
     """Limit BLAS to one thread while the engine runs its own threads over the batch (no-op
-    with one thread, or without threadpoolctl: then products keep BLAS's threads)."""
+    with one thread, or without threadpoolctl: then products keep BLAS's threads).
+
+    Training, evaluation and the benchmarks run every network inside it: a conv net's copies
+    and element-wise passes are memory-bound and split by batch range, a dense net's large
+    products are split the same way, and its small ones (the MNIST MLP's 64x784 by 784x100) run
+    faster on one thread than with BLAS's threads waking, synchronizing and spinning at every call.
+    """
     global _blas_single_threaded
     try:
         from threadpoolctl import threadpool_limits
@@ -82,13 +88,3 @@ def single_threaded_blas():
             yield
         finally:
             _blas_single_threaded = False
-
-
-def engine_threads(model):
-    """The threading for running a network: the engine's threads over the batch, with
-    single-threaded BLAS. Conv nets need it (their copies and element-wise passes are
-    memory-bound and split by batch range); dense nets gain too: their large products are split
-    by batch range as well, and small ones (the MNIST MLP's 64x784 by 784x100) run faster on one
-    thread than with BLAS's threads waking up, synchronizing and spinning at every call.
-    `model` is accepted for a future per-network choice."""
-    return single_threaded_blas()
