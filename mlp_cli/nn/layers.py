@@ -141,7 +141,7 @@ class Conv2d(Layer):
 
     Two methods, chosen per input size by `method`: "im2col" (every window copied into a row,
     one matrix product: the reference, and the only one for strides above 1) and "dft"
-    (stride 1 only, through the Fourier transform, see dftconv.py: 3-5x fewer operations for
+    (stride 1 only, through the Fourier transform, see dftconv.py: 3-4x fewer operations for
     the practical's 5x5 layers). "auto" takes the DFT where its operation count says it wins.
     The weight is kept in PyTorch's (F, C, kh, kw) layout; im2col uses it rearranged as
     (kh*kw*C, F) to match channels-last im2col rows.
