@@ -24,15 +24,14 @@ from mlp_cli.interop import torch_sequential
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
 from mlp_cli.nn.parallel import single_threaded_blas
+from mlp_cli.train import check_network
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def architecture(config_name: str) -> list[dict]:
     """The network of a shipped config, as the trainer builds it."""
-    cfg = config.load(CONFIGS / config_name)
-    infos = shapes.resolve(shapes.dataset_input_shape(cfg.data), [l.model_dump() for l in cfg.model.layers])
-    return shapes.architecture(infos)
+    return shapes.architecture(check_network(config.load(CONFIGS / config_name))[1])
 
 
 def time_ours(arch, x, y, repeats, inner):

@@ -35,9 +35,9 @@ from mlp_cli.data import Split, batches, load_splits, normalization
 from mlp_cli.evaluate import metrics_from_logits
 from mlp_cli.interop import torch_sequential
 from mlp_cli.nn.losses import softmax_cross_entropy
-from mlp_cli.nn.model import build
 from mlp_cli.nn.optim import Optimizer, lr_at
 from mlp_cli.nn.parallel import single_threaded_blas
+from mlp_cli.train import build_network, check_network
 
 TRAIN_SIZES = {"mnist": 60000, "fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000, "imagefolder": 50000}
 
@@ -48,8 +48,7 @@ def synthetic_splits(cfg):
     n = TRAIN_SIZES.get(cfg.data.dataset, 50000)
     n_val = int(cfg.data.val_size) if cfg.data.val_size >= 1 else int(round(cfg.data.val_size * n))
     rng = np.random.default_rng(0)
-    classes = [str(i) for i in range(shapes.resolve(shapes.dataset_input_shape(cfg.data),
-                                                    [l.model_dump() for l in cfg.model.layers])[-1].output_shape[0])]
+    classes = [str(i) for i in range(check_network(cfg)[1][-1].output_shape[0])]
     if len(native) == 1:
         x = rng.standard_normal((n - n_val, native[0])).astype(np.float32)
     else:
@@ -111,10 +110,8 @@ def torch_logits(net, split, cfg, norm):
 
 
 def setup(cfg):
-    infos = shapes.resolve(shapes.dataset_input_shape(cfg.data), [l.model_dump() for l in cfg.model.layers])
-    arch = shapes.architecture(infos)
-    model = build(arch, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
-                  init_std=cfg.model.init.std, bias_init=cfg.model.init.bias)
+    arch = shapes.architecture(check_network(cfg)[1])
+    model = build_network(cfg, arch)
     model.skip_input_gradient()
     net = torch_sequential(arch, model.state_dict())
     return model, net

@@ -21,9 +21,9 @@ from mlp_cli import config, shapes
 from mlp_cli.data import Split, batches
 from mlp_cli.nn.layers import Conv2d
 from mlp_cli.nn.losses import softmax_cross_entropy
-from mlp_cli.nn.model import build
 from mlp_cli.nn.optim import Optimizer
 from mlp_cli.nn.parallel import single_threaded_blas
+from mlp_cli.train import build_network, check_network
 
 
 def label(i, layer):
@@ -42,9 +42,7 @@ def main():
     args = parser.parse_args()
 
     cfg = config.load(args.config)
-    input_shape = shapes.dataset_input_shape(cfg.data)
-    infos = shapes.resolve(input_shape, [layer.model_dump() for layer in cfg.model.layers])
-    model = build(shapes.architecture(infos))
+    model = build_network(cfg, shapes.architecture(check_network(cfg)[1]))
     model.skip_input_gradient()
     optimizer = Optimizer(cfg.optim)
     B = cfg.train.batch_size

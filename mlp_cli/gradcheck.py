@@ -340,7 +340,7 @@ def check_config(cfg, *, batch: int = 2, samples: int = 12, seed: int = 0, thres
 
     from mlp_cli import shapes
     from mlp_cli.config import ConfigError
-    from mlp_cli.nn.model import build
+    from mlp_cli.train import build_network
     from mlp_cli.train import check_network as check_shapes
 
     input_shape, infos = check_shapes(cfg)
@@ -348,8 +348,7 @@ def check_config(cfg, *, batch: int = 2, samples: int = 12, seed: int = 0, thres
     if len(out) != 1:
         raise ConfigError(f"invalid config: the network ends with output shape {out}; the loss needs one score "
                           "per class, so end with {type: flatten} and {type: linear, out_features: CLASSES}")
-    model = build(shapes.architecture(infos), rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
-                  init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=np.float64).train()
+    model = build_network(cfg, shapes.architecture(infos), dtype=np.float64).train()
     rng = np.random.default_rng([seed, 1])
     x = rng.standard_normal((batch, *input_shape))
     labels = rng.integers(0, out[0], batch)

@@ -72,6 +72,14 @@ def check_network(cfg: Config) -> tuple[list[int], list[shapes.LayerInfo]]:
     return input_shape, infos
 
 
+def build_network(cfg: Config, architecture: list[dict], dtype=np.float32):
+    """The engine network of a config, initialized from its seed as `mlp-cli train` does."""
+    from mlp_cli.nn.model import build
+
+    return build(architecture, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
+                 init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype)
+
+
 def check_outputs(infos, num_classes: int, dataset: str) -> None:
     out = infos[-1].output_shape
     if list(out) != [num_classes]:
@@ -152,7 +160,6 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     from mlp_cli import data
     from mlp_cli.evaluate import checkpoint_result, evaluate, metrics_from_logits, predict
     from mlp_cli.nn.losses import softmax_cross_entropy
-    from mlp_cli.nn.model import build
     from mlp_cli.nn.optim import Optimizer, lr_at
     from mlp_cli.nn.parallel import single_threaded_blas
 
@@ -170,9 +177,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     resolved = cfg.dump()
     meta = dict(architecture=architecture, input_shape=input_shape, normalization=norm, classes=classes,
                 config=resolved)
-    dtype = np.float32
-    model = build(architecture, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
-                  init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype)
+    model = build_network(cfg, architecture)
     model.skip_input_gradient()
     stack.enter_context(single_threaded_blas())
     optimizer = Optimizer(cfg.optim)
