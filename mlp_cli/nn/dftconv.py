@@ -72,8 +72,7 @@ class DFTConv:
 
     def __init__(self, H, W, kernel, padding, dilation, dtype):
         Ph, Pw, Fh, Ho, Wo = _sizes(H, W, kernel, padding, dilation)
-        self.H, self.W, self.Ph, self.Pw, self.Fh, self.Ho, self.Wo = H, W, Ph, Pw, Fh, Ho, Wo
-        self.kernel, self.dtype = kernel, dtype
+        self.H, self.W, self.Pw, self.Fh, self.Ho, self.Wo, self.kernel = H, W, Pw, Fh, Ho, Wo, kernel
         f, p = np.arange(Fh), np.arange(Pw)
 
         # S1: X[f] = sum_h x[h] e^{-2 pi i f (h + pad_h) / Ph}; rows (f, r).

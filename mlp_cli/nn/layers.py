@@ -614,16 +614,16 @@ class _BatchNorm(Layer):
             return dout * self.eval_scale
         centered, inv_std, (M, C) = self.centered, self.inv_std, dout.shape
         k = centered.shape[1] // C
-        dw = np.ascontiguousarray(dout).reshape(M // k, k * C)
+        dout_w = np.ascontiguousarray(dout).reshape(M // k, k * C)
 
         def sums(r0, r1):
             dbeta = dcentered = 0
             for c0, c1 in _row_chunks(r0, r1, k * C):
-                dbeta = dbeta + _column_sums(dw[c0:c1])
-                dcentered = dcentered + _column_sums(dw[c0:c1] * centered[c0:c1])
+                dbeta = dbeta + _column_sums(dout_w[c0:c1])
+                dcentered = dcentered + _column_sums(dout_w[c0:c1] * centered[c0:c1])
             return dbeta, dcentered
 
-        parts = over_batch(sums, len(dw), dout.size)
+        parts = over_batch(sums, len(dout_w), dout.size)
         dbeta = _fold(ordered_sum([p[0] for p in parts]), C)
         dgamma = _fold(ordered_sum([p[1] for p in parts]), C) * inv_std
         self.grads["bias"], self.grads["weight"] = dbeta, dgamma
@@ -638,11 +638,11 @@ class _BatchNorm(Layer):
             for c0, c1 in _row_chunks(r0, r1, k * C):
                 d = dx[c0:c1]
                 np.multiply(centered[c0:c1], xhat_factor_w, out=d)
-                np.subtract(dw[c0:c1], d, out=d)
+                np.subtract(dout_w[c0:c1], d, out=d)
                 d *= scale_w
                 d -= shift_w
 
-        over_batch(run, len(dw), dout.size)
+        over_batch(run, len(dout_w), dout.size)
         self.centered = None
         return dx.reshape(M, C)
 
