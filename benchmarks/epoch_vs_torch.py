@@ -138,7 +138,7 @@ def main():
         split = load_splits(cfg.data, cfg.seed, ("train",))["train"]
     else:
         split = synthetic_splits(cfg)
-    norm = normalization(split, cfg.data) if split.x.ndim == 4 else {"mean": [0.0], "std": [1.0]}
+    norm = normalization(split, cfg.data)  # identity for feature data, as training does
     model, net = setup(cfg)
     optimizer, opt = Optimizer(cfg.optim), torch_optimizer(net, cfg)
     ours, theirs = [], []
