@@ -5,20 +5,18 @@ strings: `architecture` (PyTorch-vocabulary layer dicts), `input_shape` ([C, H, 
 [features]), `normalization` (per-channel mean and std of [0, 1] pixels), `classes`, `config`
 (the resolved run config) and `epoch`.
 
-Resuming also needs the optimizer state: `save_training_state` writes it beside the weights
-(`last.optim.safetensors` next to `last.safetensors`), with the epoch it belongs to, so a
-mismatched pair is detected. Random state needs no saving: every epoch's generators are
-derived from (seed, epoch).
+Resuming also needs the optimizer state: `training_state_bytes` makes the file that goes
+beside the weights (`last.optim.safetensors`), with the epoch it belongs to and the best-so-far
+bookkeeping. Random state needs no saving: every epoch's generators are derived from (seed, epoch).
 
-Every file is written to a temporary name in the same folder and renamed into place, so a
-crash never leaves a half-written checkpoint.
+This module only turns networks into bytes and back; where the bytes go, and how a set of files
+is committed together, is the run directory's business (rundir.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,30 +54,29 @@ class Checkpoint:
         return self.metadata["config"]
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# The safetensors format (https://github.com/huggingface/safetensors#format): an 8-byte little-endian
+# header length, a JSON header naming each tensor's dtype, shape and byte range (plus string
+# metadata), padded with spaces to 8 bytes, then the tensors' bytes. The library's own writer
+# orders the metadata differently on every call (a Rust HashMap), so two checkpoints of the same
+# weights would differ in bytes; this writer sorts everything, and the library reads what it writes.
+_SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+                       "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _save_tensors(path, tensors: dict[str, np.ndarray], metadata: dict) -> None:
-    from safetensors.numpy import save_file
-
-    arrays = {k: np.asarray(v, order="C") for k, v in tensors.items()}  # keeps 0-d arrays 0-d
-    meta = {k: json.dumps(v) for k, v in metadata.items()}
-    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+def _tensor_bytes(tensors: dict[str, np.ndarray], metadata: dict) -> bytes:
+    header = {"__metadata__": {k: json.dumps(metadata[k]) for k in sorted(metadata)}}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name], order="C")  # keeps 0-d arrays 0-d
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        data = array.tobytes()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[array.dtype.name], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
 def _load_tensors(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -99,13 +96,13 @@ def _load_tensors(path) -> tuple[dict[str, np.ndarray], dict]:
     return tensors, metadata
 
 
-def save(path, model, *, architecture, input_shape, normalization, classes, config, epoch, extra=None) -> None:
+def model_bytes(model, *, architecture, input_shape, normalization, classes, config, epoch) -> bytes:
+    """The .safetensors file of a network: its state dict and the metadata that describes it."""
     metadata = {
         "format": FORMAT, "architecture": architecture, "input_shape": list(input_shape),
         "normalization": normalization, "classes": list(classes), "config": config, "epoch": int(epoch),
-        **(extra or {}),
     }
-    _save_tensors(path, model.state_dict(), metadata)
+    return _tensor_bytes(model.state_dict(), metadata)
 
 
 def load(path) -> Checkpoint:
@@ -130,14 +127,10 @@ def load_model(ckpt: Checkpoint):
     return model.skip_input_gradient().eval()
 
 
-def optimizer_path(weights_path) -> Path:
-    p = Path(weights_path)
-    return p.with_name(p.name.replace(".safetensors", ".optim.safetensors"))
+def training_state_bytes(optimizer_state: dict[str, np.ndarray], *, epoch: int, info: dict) -> bytes:
+    """last.optim.safetensors: the optimizer's state after `epoch`, with `info` (best-so-far) as metadata."""
+    return _tensor_bytes(optimizer_state, {"epoch": int(epoch), **info})
 
 
-def save_training_state(weights_path, optimizer_state: dict[str, np.ndarray], *, epoch: int, info: dict) -> None:
-    _save_tensors(optimizer_path(weights_path), optimizer_state, {"epoch": int(epoch), **info})
-
-
-def load_training_state(weights_path) -> tuple[dict[str, np.ndarray], dict]:
-    return _load_tensors(optimizer_path(weights_path))
+def load_training_state(path) -> tuple[dict[str, np.ndarray], dict]:
+    return _load_tensors(path)

@@ -7,13 +7,14 @@ Heavy modules (numpy, torch, matplotlib) are imported inside the commands, so th
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 
 import click
 
 from mlp_cli import __version__
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def fail(message: str, code: int) -> None:
@@ -22,22 +23,33 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class _Terminated(BaseException):
+    pass
+
+
+def _terminated(_signum, _frame):
+    raise _Terminated
+
+
 def handle_errors(command):
     """Turn the project's exceptions into one line on stderr and the documented exit code."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from mlp_cli.config import ConfigError
-        from mlp_cli.errors import RuntimeFailure, ShapeError
+        from mlp_cli.errors import RuntimeFailure, ShapeError, UsageError
 
+        signal.signal(signal.SIGTERM, _terminated)  # what kill, Docker and Slurm send: like Ctrl-C
         try:
             return command(*args, **kwargs)
-        except (ConfigError, ShapeError) as e:
+        except (ConfigError, ShapeError, UsageError) as e:
             fail(str(e), EXIT_USAGE)
         except RuntimeFailure as e:
             fail(str(e), EXIT_RUNTIME)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
+        except _Terminated:
+            fail("interrupted by SIGTERM", EXIT_TERMINATED)
 
     return wrapper
 
@@ -79,10 +91,12 @@ def _pitfall_warnings(cfg) -> None:
               help="Continue the run in RUN_DIR from its last checkpoint, with its saved config.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="Run directory to create  [default: runs/<config name>-<date>-<time>].")
+@click.option("--from-epoch", type=click.IntRange(min=0), metavar="K",
+              help="With --resume: continue from the kept state of epoch K (after a file was damaged).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @handle_errors
-def train(config_path, resume_dir, out, quiet, overrides):
+def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
     """Train a network: mlp-cli train --config FILE [KEY=VALUE ...].
 
     \b
@@ -92,36 +106,38 @@ def train(config_path, resume_dir, out, quiet, overrides):
 
     \b
     The run directory receives config.yaml, metrics.csv, last.safetensors,
-    best.safetensors (best validation accuracy) and test_metrics.json.
-    Exit codes: 0 done, 2 invalid config, 1 runtime failure, 130 interrupted.
+    best.safetensors (best validation accuracy) and test_metrics.json. Every
+    finished epoch is committed at once: after a crash or kill, --resume goes on
+    from the last one. On --resume, overrides of seed, data.* and model.* are
+    refused; the others hold from the next epoch (recorded in history.yaml).
+    Exit codes: 0 done, 2 invalid config or run directory in use, 1 runtime
+    failure, 130 Ctrl-C, 143 SIGTERM (both after saving the finished epochs).
     """
-    from pathlib import Path
+    import shlex
 
     from mlp_cli import config
     from mlp_cli import train as training
 
     if bool(config_path) == bool(resume_dir):
         fail("give either --config FILE (a new run) or --resume RUN_DIR (continue a run)", EXIT_USAGE)
-    if resume_dir:
-        run_dir = Path(resume_dir)
-        if out:
-            fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "last.safetensors").is_file():
-            fail(f"{run_dir} is not a run directory (config.yaml and last.safetensors expected); "
-                 "pass a directory that mlp-cli train created", EXIT_USAGE)
-        cfg = config.load(run_dir / "config.yaml", overrides)
-    else:
-        cfg = config.load(config_path, overrides)
-        run_dir = Path(out) if out else _default_run_dir(config_path)
-        if (run_dir / "last.safetensors").exists():
-            fail(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out",
-                 EXIT_USAGE)
-    _pitfall_warnings(cfg)
+    if from_epoch is not None and not resume_dir:
+        fail("--from-epoch goes with --resume RUN_DIR", EXIT_USAGE)
     console = training.Console(quiet=quiet)
     try:
-        result = training.fit(cfg, run_dir, resume=bool(resume_dir), console=console)
+        if resume_dir:
+            if out:
+                fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
+            command = ["--resume", resume_dir] + (["--from-epoch", str(from_epoch)] if from_epoch is not None else [])
+            result = training.resume_run(resume_dir, overrides, console=console, from_epoch=from_epoch,
+                                         command=shlex.join(["mlp-cli", "train", *command, *overrides]))
+        else:
+            cfg = config.load(config_path, overrides)
+            _pitfall_warnings(cfg)
+            run_dir = out if out else _default_run_dir(config_path)
+            command = ["--config", config_path, "--out", str(run_dir), *overrides]
+            result = training.start_run(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]))
     except training.Interrupted as e:
-        fail(str(e), EXIT_INTERRUPTED)
+        fail(str(e), e.code)
     if result.best_val_acc is None:
         best = f"no validation split, best.safetensors is epoch {result.best_epoch}"
     else:

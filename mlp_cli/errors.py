@@ -1,6 +1,11 @@
 """The exceptions the CLI turns into exit codes. No dependencies, so anything may import it."""
 
 
+class UsageError(Exception):
+    """Bad usage found after parsing: a run directory in use or already holding a run, an override
+    that a resume cannot take (exit code 2, nothing written)."""
+
+
 class ShapeError(ValueError):
     """A network whose layer shapes do not fit (exit code 2, like an invalid config)."""
 

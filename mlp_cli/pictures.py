@@ -34,11 +34,11 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path) -> Path:
-    from mlp_cli.checkpoint import atomic_write
+    from mlp_cli.files import write_atomic
 
     path = Path(path)
     try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", facecolor="white"))
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", facecolor="white"))
     finally:
         fig.clear()
     return path

@@ -4,26 +4,34 @@ Reproducibility: the initial weights come from `seed`, and each epoch's shufflin
 augmentation and dropout from generators derived from (seed, epoch). A run resumed after
 epoch k therefore replays exactly the numbers a straight run would, with nothing but the
 weights and the optimizer state saved.
+
+Every finished epoch is committed to the run directory in one atomic step (rundir.py): the
+weights, the optimizer state with the best-so-far bookkeeping, the metrics rows and, when the
+epoch is the best so far, best.safetensors. A kill at any instant therefore loses at most the
+epoch in progress, and SIGINT and SIGTERM stop the loop without losing even that much of what
+was finished (exit codes 130 and 143).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import io
 import json
 import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mlp_cli import checkpoint, shapes
 from mlp_cli.config import Config, ConfigError
-from mlp_cli.errors import CheckpointError, Divergence, RuntimeFailure
+from mlp_cli.errors import CheckpointError, Divergence, RuntimeFailure, ShapeError, UsageError
+from mlp_cli.rundir import RunDir
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 NUM_CLASSES = {"circles": 2, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -50,7 +58,11 @@ def best_row(rows: list[dict]) -> int | None:
 
 
 class Interrupted(RuntimeFailure):
-    """Ctrl-C during training, after the last checkpoint was made safe (exit code 130)."""
+    """Ctrl-C (exit code 130) or SIGTERM (143) during training; every finished epoch is committed."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -105,58 +117,291 @@ class Console:
         else:
             print(text, flush=True)
 
+    def warn(self, text: str) -> None:
+        """A warning on stderr, whatever the verbosity."""
+        if self.bars:
+            from tqdm import tqdm
+
+            tqdm.write(f"warning: {text}", file=sys.stderr)
+        else:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+
     def progress(self, iterable, **kwargs):
         from tqdm import tqdm
 
         return tqdm(iterable, disable=not self.bars, dynamic_ncols=True, **kwargs)
 
 
-@contextlib.contextmanager
-def deferred_interrupt():
-    """Hold Ctrl-C until the block ends, so a checkpoint pair is never left half-updated."""
-    received = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    except ValueError:  # not in the main thread: nothing to defer
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["epoch"]) <= upto_epoch]
+# ----------------------------------------------------------------------------- signals
+class _Stopped(BaseException):
+    """Raised by the signal handlers; becomes Interrupted once the run directory is settled."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _write_metrics(path: Path, rows: list[dict]) -> None:
+class StopSignals:
+    """SIGINT and SIGTERM stop training; inside `hold()` (a commit) they wait until it ends.
+
+    A kill -9 is survived by the commit protocol alone; holding the signals only spares a run
+    the epoch whose commit was under way. Signal handlers exist only in the main thread, so
+    elsewhere (a sweep's worker threads) this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self._held, self._pending, self._previous = False, None, {}
+
+    def _handler(self, signum, _frame):
+        if self._held:
+            self._pending = signum
+        else:
+            raise _Stopped(signum)
+
+    def __enter__(self):
+        try:
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        except ValueError:  # not the main thread
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc):
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        return False
+
+    @contextlib.contextmanager
+    def hold(self):
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise _Stopped(signum)
+
+
+# ----------------------------------------------------------------------------- the committed state
+@dataclass
+class State:
+    """What a generation of the run directory holds: the run after `epoch` finished epochs."""
+
+    epoch: int = 0
+    rows: list[dict] = field(default_factory=list)
+    weights: dict | None = None
+    architecture: list | None = None
+    optimizer: dict | None = None
+    best: tuple = (None, None, None)  # epoch, validation accuracy, validation loss
+
+
+def metrics_csv(rows: list[dict]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    checkpoint.atomic_write_text(path, buf.getvalue())
+    return buf.getvalue().encode()
 
 
-def _fmt(value, pct=False):
-    if value is None or value == "":
-        return "-"
-    return f"{100 * float(value):.2f}%" if pct else f"{float(value):.4f}"
+def read_state(run: RunDir, generation=None) -> State:
+    """The state a generation holds, checked; CheckpointError(reason) if a file is damaged."""
+    raw = run.read("metrics.csv", generation)
+    try:
+        rows = list(csv.DictReader(io.StringIO(raw.decode()))) if raw else []
+        epochs = [int(r["epoch"]) for r in rows]
+    except (UnicodeDecodeError, KeyError, TypeError, ValueError, csv.Error) as e:
+        raise CheckpointError(f"metrics.csv is not readable ({e})") from None
+    last = run.file("last.safetensors", generation)
+    if last is None:
+        if rows:
+            raise CheckpointError("metrics.csv has rows but last.safetensors is missing")
+        return State()
+    ckpt = checkpoint.load(last)
+    optim_file = run.file("last.optim.safetensors", generation)
+    if optim_file is None:
+        raise CheckpointError("last.optim.safetensors is missing")
+    opt_state, info = checkpoint.load_training_state(optim_file)
+    epoch = ckpt.metadata.get("epoch")
+    if not isinstance(epoch, int) or info.get("epoch") != epoch:
+        raise CheckpointError(f"last.safetensors (epoch {epoch}) and last.optim.safetensors "
+                              f"(epoch {info.get('epoch')}) do not belong together")
+    if epochs != list(range(1, epoch + 1)):
+        raise CheckpointError(f"metrics.csv has rows for {len(rows)} epochs but last.safetensors is epoch {epoch}")
+    return State(epoch, rows, ckpt.state, ckpt.architecture, opt_state,
+                 (info.get("best_epoch"), info.get("best_val_acc"), info.get("best_val_loss")))
 
 
-def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | None = None) -> RunResult:
-    """Train `cfg` into `run_dir` (or continue the run there). Raises ConfigError/ShapeError
-    before anything is written, DataError when data is missing, Divergence, Interrupted."""
-    with contextlib.ExitStack() as stack:
-        return _fit(cfg, Path(run_dir), resume, console or Console(), stack)
+def _checked_state(run: RunDir, from_epoch: int | None) -> State:
+    """The newest intact state (or the one of `from_epoch`); a clear CheckpointError otherwise."""
+    generations = run.generations()
+    if from_epoch is not None:
+        found = {}
+        for gen in generations:
+            try:
+                state = read_state(run, gen)
+            except CheckpointError:
+                continue
+            found.setdefault(state.epoch, (gen, state))
+        if from_epoch not in found:
+            raise UsageError(f"{run.path} keeps no intact state of epoch {from_epoch}; it has epoch(s) "
+                             f"{', '.join(map(str, sorted(found))) or 'none'}")
+        gen, state = found[from_epoch]
+        run.rollback(gen)
+        return state
+    try:
+        return read_state(run, generations[0])
+    except CheckpointError as damage:
+        for gen in generations[1:]:
+            try:
+                good = read_state(run, gen)
+            except CheckpointError:
+                continue
+            raise CheckpointError(
+                f"{run.path} is damaged: {damage}. The last good state is epoch {good.epoch} (kept in {gen}); "
+                f"continue from it with: mlp-cli train --resume {run.path} --from-epoch {good.epoch}") from None
+        raise CheckpointError(
+            f"{run.path} is damaged: {damage}, and no earlier state is intact; start the run again with: "
+            f"mlp-cli train --config {run.path / 'config.yaml'} --out NEW_FOLDER") from None
 
 
-def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: contextlib.ExitStack) -> RunResult:
+# ----------------------------------------------------------------------------- starting and resuming
+COMMIT_INTERVAL = 1.0  # seconds: the most a kill -9 can cost a run of very short epochs
+FROZEN_ON_RESUME = ("seed", "data", "model")  # they change what the finished epochs mean
+MOVABLE = ("data.root",)  # where the data lives, not what it is
+
+
+def _yaml(data, flow=None) -> bytes:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=flow, width=100).encode()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _command() -> str:
+    import shlex
+
+    return shlex.join(["mlp-cli", *sys.argv[1:]])
+
+
+def start_run(cfg: Config, run_dir, *, console: Console | None = None, on_epoch=None,
+              command: str | None = None) -> RunResult:
+    """Train `cfg` in a new run directory `run_dir`. Raises ConfigError/ShapeError before anything
+    is written, UsageError if the folder holds a run or is in use, SaveError if it cannot be
+    written, DataError, Divergence, Interrupted."""
+    check_network(cfg)
+    history = [{"from_epoch": 1, "command": command or _command(), "at": _now()}]
+    run = RunDir.create(run_dir, {"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
+    return _train(run, cfg, State(), console or Console(), on_epoch)
+
+
+def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoch=None,
+               from_epoch: int | None = None, command: str | None = None) -> RunResult:
+    """Continue the run in `run_dir` from its last committed epoch (or `from_epoch`), with
+    `overrides` of its config. Overrides of seed, data or model are refused (UsageError): they
+    would change what the finished epochs mean. The others hold from the next epoch on and are
+    recorded in history.yaml."""
+    import yaml
+
+    from mlp_cli import config
+
+    console = console or Console()
+    run = RunDir.open(run_dir)
+    try:
+        saved = yaml.safe_load(run.read("config.yaml") or b"")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{run.path / 'config.yaml'} is damaged (not a YAML mapping)")
+        cfg = config.validate(config.apply_overrides(saved, overrides), f"{run.path / 'config.yaml'}")
+        changed = _changes(saved, cfg.dump())
+        frozen = [k for k in changed if k.split(".")[0] in FROZEN_ON_RESUME and k not in MOVABLE]
+        if frozen:
+            raise UsageError(
+                f"a resumed run cannot change {', '.join(frozen)}: the epochs already trained used "
+                f"{', '.join(f'{k}={_show(changed[k][0])}' for k in frozen)}; start a new run with "
+                f"--config {run.path / 'config.yaml'} {' '.join(overrides)} --out NEW_FOLDER")
+        check_network(cfg)
+        state = _checked_state(run, from_epoch)
+        if changed:
+            _warn_schedule(console, cfg, state, saved)
+            history = yaml.safe_load(run.read("history.yaml") or b"") or []
+            history.append({"from_epoch": state.epoch + 1, "command": command or _command(), "at": _now(),
+                            "changed": {k: {"from": old, "to": new} for k, (old, new) in changed.items()}})
+            run.commit({"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
+    except BaseException:
+        run.release()
+        raise
+    return _train(run, cfg, state, console, on_epoch)
+
+
+def fit(cfg: Config, run_dir, *, resume: bool = False, console: Console | None = None, on_epoch=None) -> RunResult:
+    """Train `cfg` into `run_dir`, a new run (start) or, with resume=True, the run already there
+    (whose saved config is `cfg`). `on_epoch(row, committed)` is called after each epoch with its
+    metrics.csv row (numbers) and whether the epoch is committed to disk yet (see COMMIT_INTERVAL)."""
+    if resume:
+        return resume_run(run_dir, console=console, on_epoch=on_epoch)
+    return start_run(cfg, run_dir, console=console, on_epoch=on_epoch)
+
+
+def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> (old, new) for every value that differs (lists compared whole)."""
+    out = {}
+    for key in dict.fromkeys([*old, *new]):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_changes(a, b, name + "."))
+        elif a != b:
+            out[name] = (a, b)
+    return out
+
+
+def _show(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _warn_schedule(console: Console, cfg: Config, state: State, saved: dict) -> None:
+    """Say so when the finished epochs followed a schedule that the new train.epochs changes."""
+    from mlp_cli.nn.optim import lr_at
+
+    old_epochs, done = saved.get("train", {}).get("epochs"), state.epoch
+    if old_epochs == cfg.train.epochs or done == 0:
+        return
+    now = [f"{lr_at(e, cfg.optim.lr, cfg.optim.schedule, cfg.train.epochs):.8g}" for e in range(done)]
+    if now != [row["lr"] for row in state.rows]:
+        console.warn(f"the {cfg.optim.schedule.name} learning-rate schedule depends on train.epochs: epochs 1-{done} "
+                     f"followed it for a {old_epochs}-epoch run, epochs {done + 1}-{cfg.train.epochs} follow it for a "
+                     f"{cfg.train.epochs}-epoch run, so the result will differ from a {cfg.train.epochs}-epoch run "
+                     "trained from the start")
+
+
+# ----------------------------------------------------------------------------- the loop
+def _train(run: RunDir, cfg: Config, state: State, console: Console, on_epoch) -> RunResult:
+    signals = StopSignals()
+    try:
+        with signals, contextlib.ExitStack() as stack:
+            return _epochs(run, cfg, state, console, on_epoch, signals, stack)
+    except _Stopped as stop:
+        name, code = ("SIGTERM", 143) if stop.signum == signal.SIGTERM else ("Ctrl-C", 130)
+        done = read_state(run).epoch
+        raise Interrupted(f"interrupted by {name}; {done} finished epoch{'s' * (done != 1)} saved in {run.path}; "
+                          f"continue with: mlp-cli train --resume {run.path}", code) from None
+    except (ConfigError, RuntimeFailure, ShapeError, UsageError) as e:
+        # A run that could not begin (bad data, a config the data contradicts, an unwritable
+        # folder) leaves nothing behind; one that diverged stays, to be resumed with other settings.
+        if run.created and not isinstance(e, Divergence) and not (run.path / "last.safetensors").exists():
+            run.remove()
+        raise
+    finally:
+        run.release()
+
+
+def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, signals: StopSignals,
+            stack: contextlib.ExitStack) -> RunResult:
     from mlp_cli import data
     from mlp_cli.evaluate import checkpoint_result, evaluate, metrics_from_logits, predict
     from mlp_cli.nn.losses import softmax_cross_entropy
@@ -165,6 +410,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
 
     input_shape, infos = check_network(cfg)
     architecture = shapes.architecture(infos)
+    run_dir = run.path
 
     splits = data.load_splits(cfg.data, cfg.seed, ("train", "val"))
     train_split, val_split = splits["train"], splits["val"]
@@ -172,49 +418,26 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     check_outputs(infos, len(classes), cfg.data.dataset)
     norm = data.normalization(train_split, cfg.data)
 
-    last_path, best_path = run_dir / "last.safetensors", run_dir / "best.safetensors"
-    metrics_path = run_dir / "metrics.csv"
-    resolved = cfg.dump()
     meta = dict(architecture=architecture, input_shape=input_shape, normalization=norm, classes=classes,
-                config=resolved)
+                config=cfg.dump())
     model = build_network(cfg, architecture)
     model.skip_input_gradient()
     stack.enter_context(single_threaded_blas())
     optimizer = Optimizer(cfg.optim)
-
-    if resume:
-        ckpt = checkpoint.load(last_path)
-        opt_state, info = checkpoint.load_training_state(last_path)
-        start = int(ckpt.metadata.get("epoch", -1))
-        if info.get("epoch") != start:
-            raise CheckpointError(f"{run_dir}: last.safetensors (epoch {start}) and its optimizer state "
-                                  f"(epoch {info.get('epoch')}) do not belong together")
-        if ckpt.architecture != architecture:
-            raise ConfigError(f"invalid config: the network of {run_dir} differs from the config's; "
+    if state.weights is not None:
+        if state.architecture != architecture:
+            raise ConfigError(f"invalid config: the network of {run_dir} differs from its config's; "
                               "a resumed run keeps its model section")
-        model.load_state_dict(ckpt.state)
-        optimizer.load_state_dict(opt_state)
-        best_epoch, best_acc, best_loss = info.get("best_epoch"), info.get("best_val_acc"), info.get("best_val_loss")
-        rows = _read_metrics(metrics_path, start)
-        if start >= cfg.train.epochs:
-            console.line(f"{run_dir} already has {start} epochs; raise train.epochs to train further")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        start, best_epoch, best_acc, best_loss, rows = 0, None, None, None, []
-    checkpoint.atomic_write_text(run_dir / "config.yaml", _yaml(resolved))
-
-    def save_last(epoch):  # callers hold Ctrl-C back (deferred_interrupt) around it
-        checkpoint.save_training_state(last_path, optimizer.state_dict(), epoch=epoch,
-                                       info={"best_epoch": best_epoch, "best_val_acc": best_acc,
-                                             "best_val_loss": best_loss})
-        checkpoint.save(last_path, model, epoch=epoch, **meta)
-
-    if not resume:
-        with deferred_interrupt():
-            save_last(0)  # so that Ctrl-C during the first epoch still leaves a run to resume
-
+        model.load_state_dict(state.weights)
+        optimizer.load_state_dict(state.optimizer)
+    start, rows = state.epoch, list(state.rows)
+    best_epoch, best_acc, best_loss = state.best
     epochs = cfg.train.epochs
+    if start >= epochs and start > 0:
+        console.line(f"{run_dir} already has {start} epochs; raise train.epochs to train further")
+
     epoch_bar = console.progress(range(start, epochs), desc="epochs", unit="epoch", initial=start, total=epochs)
+    pending, last_commit = None, time.monotonic()  # a finished epoch not yet committed, and when we last did
     try:
         for epoch in epoch_bar:
             lr = lr_at(epoch, cfg.optim.lr, cfg.optim.schedule, epochs)
@@ -233,7 +456,8 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
                     logits = model.forward(x)
                     loss, dlogits = softmax_cross_entropy(logits, y, cfg.train.label_smoothing)
                 if not math.isfinite(loss):
-                    where = f"last good checkpoint: {last_path} (epoch {epoch})"
+                    where = (f"last good checkpoint: {run_dir / 'last.safetensors'} (epoch {epoch})" if epoch
+                             else "no epoch finished")
                     raise Divergence(
                         f"training diverged: the loss became {loss} at epoch {epoch + 1}, batch {step + 1} "
                         f"(lr {lr:g}); lower the learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}; {where}")
@@ -257,23 +481,43 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
                          "val_loss": "" if val["loss"] is None else f"{val['loss']:.6f}",
                          "val_acc": "" if val_acc is None else f"{val_acc:.6f}", "lr": f"{lr:.8g}",
                          "seconds": f"{seconds:.3f}"})
-            with deferred_interrupt():
-                if improved or val_acc is None:
-                    checkpoint.save(best_path, model, epoch=epoch + 1, **meta)
-                save_last(epoch + 1)
-                _write_metrics(metrics_path, rows)
+            files = {
+                "last.safetensors": checkpoint.model_bytes(model, epoch=epoch + 1, **meta),
+                "last.optim.safetensors": checkpoint.training_state_bytes(
+                    optimizer.state_dict(), epoch=epoch + 1,
+                    info={"best_epoch": best_epoch, "best_val_acc": best_acc, "best_val_loss": best_loss}),
+                "metrics.csv": metrics_csv(rows),
+                "test_metrics.json": None,  # belongs to a finished run; this one goes on
+            }
+            if improved or val_acc is None:
+                files["best.safetensors"] = files["last.safetensors"]
+            elif pending is not None and "best.safetensors" in pending:
+                files["best.safetensors"] = pending["best.safetensors"]
+            pending = files
+            # Commit every epoch, except epochs so short (a toy set) that the commits would cost
+            # more than the training: then once a second, and always at the end, on a signal and
+            # before a divergence is reported. What a kill loses is recomputed exactly by a resume.
+            committed = epoch + 1 == epochs or time.monotonic() - last_commit >= COMMIT_INTERVAL
+            if committed:
+                with signals.hold():
+                    run.commit(pending)
+                pending, last_commit = None, time.monotonic()
             r = rows[-1]
             console.line(f"epoch {epoch + 1}/{epochs}  train loss {_fmt(r['train_loss'])} acc {_fmt(r['train_acc'], True)}"
                          f"  val loss {_fmt(r['val_loss'])} acc {_fmt(r['val_acc'], True)}  lr {lr:.4g}  {seconds:.1f}s"
                          + ("  *" if improved else ""))
-    except KeyboardInterrupt:
-        done = int(checkpoint.load(last_path).metadata["epoch"])
-        raise Interrupted(f"interrupted; the checkpoint after epoch {done} is in {last_path}; "
-                          f"continue with: mlp-cli train --resume {run_dir}") from None
+            if on_epoch is not None:
+                on_epoch({k: (float(v) if v != "" else None) for k, v in r.items()}, committed)
+    except (_Stopped, Divergence):
+        if pending is not None:
+            with signals.hold():
+                run.commit(pending)
+        raise
     finally:
         epoch_bar.close()
 
     test = None
+    best_path = run_dir / "best.safetensors"
     if best_path.exists():
         best = checkpoint.load(best_path)
         best_model = checkpoint.load_model(best)
@@ -281,7 +525,8 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
         logits = predict(best_model, test_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
                          augment=cfg.data.augment)
         test = checkpoint_result(best_path, best, "test", metrics_from_logits(logits, test_split.y, len(classes)))
-        checkpoint.atomic_write_text(run_dir / "test_metrics.json", json.dumps(test, indent=2) + "\n")
+        with signals.hold():
+            run.commit({"test_metrics.json": (json.dumps(test, indent=2) + "\n").encode()})
         if cfg.train.plots:
             from mlp_cli import pictures
 
@@ -291,7 +536,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     return RunResult(run_dir, len(rows), best_epoch, best_acc, test)
 
 
-def _yaml(data: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+def _fmt(value, pct=False):
+    if value is None or value == "":
+        return "-"
+    return f"{100 * float(value):.2f}%" if pct else f"{float(value):.4f}"

@@ -26,8 +26,9 @@ CLASSES = ["zero", "one", "two", "three"]
 
 def make_checkpoint(path, arch, input_shape, normalization, classes, config=None, seed=0):
     model = build(arch, rng=np.random.default_rng(seed), weight_init="normal", init_std=0.6)
-    checkpoint.save(path, model, architecture=arch, input_shape=input_shape, normalization=normalization,
-                    classes=classes, config=config or {"data": {"dataset": "imagefolder"}}, epoch=1)
+    path.write_bytes(checkpoint.model_bytes(model, architecture=arch, input_shape=input_shape,
+                                            normalization=normalization, classes=classes,
+                                            config=config or {"data": {"dataset": "imagefolder"}}, epoch=1))
     return path
 
 

@@ -220,13 +220,29 @@ def test_corrupted_checkpoint_exit_1(tmp_path, image_folder, damage):
 
 
 def test_divergence_stops_with_exit_1_and_keeps_the_last_good_checkpoint(tmp_path):
+    # Warm-up from lr 0.1 to 1e5: epoch 1 trains, epoch 2 diverges.
     r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", tmp_path / "r",
-            "optim.lr=1e6", "train.epochs=5", "train.plots=false",
+            "optim.lr=1e5", "optim.schedule.warmup_epochs=4", "optim.schedule.warmup_start_factor=1e-6",
+            "train.epochs=5", "train.plots=false",
             "model.layers=[{type: linear, out_features: 10}, {type: linear, out_features: 2}]")
     assert r.exit_code == 1, r.output
     assert "lower the learning rate" in r.output and "Warning" not in r.output
+    assert "epoch 2" in r.output and "(epoch 1)" in r.output
     last = checkpoint.load(tmp_path / "r" / "last.safetensors")
+    assert last.metadata["epoch"] == 1
     assert all(np.isfinite(v).all() for v in last.state.values())
+
+
+def test_divergence_in_the_first_epoch_keeps_the_run_to_resume_with_a_lower_lr(tmp_path):
+    out = tmp_path / "r"
+    r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", out, "optim.lr=1e6",
+            "train.epochs=2", "train.plots=false",
+            "model.layers=[{type: linear, out_features: 10}, {type: linear, out_features: 2}]")
+    assert r.exit_code == 1 and "no epoch finished" in r.output
+    assert (out / "config.yaml").is_file() and not (out / "last.safetensors").exists()
+    r = run("train", "--resume", out, "optim.lr=0.03", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert checkpoint.load(out / "last.safetensors").metadata["epoch"] == 2
 
 
 def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path):

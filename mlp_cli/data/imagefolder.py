@@ -16,7 +16,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -196,15 +195,16 @@ def _read_cache(path: Path, n: int, image_shape: tuple[int, int, int], classes: 
 
 
 def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str], stale: str) -> None:
-    """Write atomically (temporary file in the same folder, then os.replace); drop older versions of it."""
-    tmp = None
+    """Write atomically (files.write_atomic); drop older versions of it."""
+    from mlp_cli.files import write_atomic
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, x=x, y=y, classes=np.array(classes, dtype=str))
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=x, y=y, classes=np.array(classes, dtype=str))
-        os.replace(tmp, path)
-        tmp = None
+        write_atomic(path, write)
         for old in path.parent.glob(stale):
             if old != path:
                 try:
@@ -214,6 +214,3 @@ def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str], s
     except OSError as e:
         print(f"warning: could not write the image cache {path} ({e.strerror or e}); "
               "the images will be decoded again next time", file=sys.stderr)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
