@@ -7,6 +7,7 @@ Heavy modules (numpy, torch, matplotlib) are imported inside the commands, so th
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 
@@ -54,7 +55,30 @@ def handle_errors(command):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Program(click.Group):
+    """The `mlp-cli` process: once torch has been loaded (the data layer's torchvision), leave
+    without the interpreter's exit handlers. libtorch_cuda's take 3-5 s here, which a user would
+    wait through after every command, and which would keep a SIGTERM'd run alive past the
+    grace period of Docker or Slurm. Everything we write is fsynced and closed by then."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.main(*args, **kwargs)
+        except SystemExit as e:
+            if "torch" not in sys.modules:
+                raise
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            try:
+                sys.stdout.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+            sys.stderr.flush()
+            os._exit(code)
+
+
+@click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlp-cli")
 def main():
     """Train and evaluate neural networks written from scratch in NumPy.

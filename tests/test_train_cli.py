@@ -270,3 +270,15 @@ def test_help_does_not_import_torch():
     code = "import sys; from mlp_cli.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n" \
            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'heavy import on --help'"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("args, code, stream, text", [
+    (["convshape", "--input", "28x28x1", "--kernel", "5"], 0, "stdout", "24x24"),
+    (["convshape", "--input", "28x28x1", "--kernel", "50"], 2, "stderr", "error:"),
+])
+def test_exit_codes_and_output_survive_the_quick_exit_after_torch_was_loaded(args, code, stream, text):
+    # Once torch is loaded the process leaves with os._exit (libtorch's exit handlers take seconds).
+    script = f"import torch; from mlp_cli.cli import main; main({args!r})"
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == code, r.stderr
+    assert text in getattr(r, stream)
