@@ -140,10 +140,12 @@ class Linear(Layer):
 class Conv2d(Layer):
     """2-D convolution (torch.nn.Conv2d, groups=1).
 
-    Two methods, chosen per input size by `method`: "im2col" (every window copied into a row,
-    one matrix product: the reference, and the only one for strides above 1) and "dft"
-    (stride 1 only, through the Fourier transform, see dftconv.py: 3-4x fewer operations for
-    the practical's 5x5 layers). "auto" takes the DFT where its operation count says it wins.
+    Three methods, chosen per input size by `method`: "im2col" (every window copied into a row,
+    one matrix product: the reference), "band" (B neighbouring outputs per product row and a
+    banded weight matrix, see bandconv.py: wide products for thin layers such as LeNet-5's
+    first) and "dft" (stride 1 only, through the Fourier transform, see dftconv.py: 3-4x fewer
+    operations for the practical's 5x5 layers). "auto" takes the method of least modelled
+    time (convcost.py).
     The weight is kept in PyTorch's (F, C, kh, kw) layout; im2col uses it rearranged as
     (kh*kw*C, F) to match channels-last im2col rows.
     """
