@@ -27,10 +27,11 @@ from mlp_cli.train import build_network, check_network
 
 
 def label(i, layer):
-    """'3 Conv2d' and, for a convolution, the method it took: '3 Conv2d dft'."""
+    """'3 Conv2d' and, for a convolution, the method it took: '3 Conv2d dft', '0 Conv2d band B=7'."""
     name = f"{i:2d} {type(layer).__name__}"
     if isinstance(layer, Conv2d):
-        name += " im2col" if getattr(layer, "plan", None) is None else " dft"
+        name += " dft" if getattr(layer, "plan", None) is not None else \
+            f" band B={layer.band}" if getattr(layer, "band", None) else " im2col"
     return name
 
 

@@ -29,20 +29,9 @@ import numpy as np
 from mlp_cli.nn.parallel import ordered_sum, over_batch
 
 
-# When to take the DFT: where its predicted multiply-adds are at most this many times im2col's.
-# im2col's copies cost it more than its multiply-adds say (a 3-channel 32x32 layer inside a net
-# is 1.5x faster by the DFT with 1.9x the multiply-adds), but a network's first layer skips
-# im2col's most expensive part, the input gradient's col2im. benchmarks/conv_methods.py measures it.
-DFT_COST_RATIO = {"first layer": 1.0, "other layers": 2.0}
-
-
-def dft_is_cheaper(H, W, kernel, padding, dilation, C, O, needs_input_grad=True) -> bool:
-    dft, im2col = cost(H, W, kernel, padding, dilation, C, O)
-    return dft <= DFT_COST_RATIO["other layers" if needs_input_grad else "first layer"] * im2col
-
-
 def cost(H, W, kernel, padding, dilation, C, O) -> tuple[int, int]:
-    """Multiply-adds per image of (this method, im2col) for one forward pass."""
+    """Multiply-adds per image of (this method, im2col) for one forward pass (convcost.py turns
+    them into modelled times)."""
     Ph, Pw, Fh, Ho, Wo = _sizes(H, W, kernel, padding, dilation)
     dft = (2 * Fh * H * W * C + Fh * 2 * Pw * 2 * W * C + Fh * Pw * 4 * C * O
            + Fh * 2 * Wo * 2 * Pw * O + Ho * 2 * Fh * Wo * O)

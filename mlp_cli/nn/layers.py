@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli.nn.dftconv import DFTConv, dft_is_cheaper, mix
+from mlp_cli.nn import bandconv, convcost
+from mlp_cli.nn.dftconv import DFTConv, mix
 from mlp_cli.nn.parallel import ordered_sum, over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
 
@@ -139,10 +140,12 @@ class Linear(Layer):
 class Conv2d(Layer):
     """2-D convolution (torch.nn.Conv2d, groups=1).
 
-    Two methods, chosen per input size by `method`: "im2col" (every window copied into a row,
-    one matrix product: the reference, and the only one for strides above 1) and "dft"
-    (stride 1 only, through the Fourier transform, see dftconv.py: 3-4x fewer operations for
-    the practical's 5x5 layers). "auto" takes the DFT where its operation count says it wins.
+    Three methods, chosen per input size by `method`: "im2col" (every window copied into a row,
+    one matrix product: the reference), "band" (B neighbouring outputs per product row and a
+    banded weight matrix, see bandconv.py: wide products for thin layers such as LeNet-5's
+    first) and "dft" (stride 1 only, through the Fourier transform, see dftconv.py: 3-4x fewer
+    operations for the practical's 5x5 layers). "auto" takes the method of least modelled
+    time (convcost.py).
     The weight is kept in PyTorch's (F, C, kh, kw) layout; im2col uses it rearranged as
     (kh*kw*C, F) to match channels-last im2col rows.
     """
@@ -164,18 +167,22 @@ class Conv2d(Layer):
         return tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
                      zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
 
-    def _dft_plan(self, H, W, dtype) -> DFTConv | None:
-        """The DFT matrices for this input size, or None when im2col is the method to use."""
-        if self.method == "im2col" or self.stride != (1, 1):
-            return None
+    def _choose(self, H, W, dtype) -> tuple[DFTConv | None, int | None]:
+        """(DFT plan, band block width) for this input size: the DFT plan when the method is
+        the DFT, the block width when it is the banded product, neither for im2col. "auto"
+        takes the method of least modelled time (convcost.py), a fixed method its own."""
         O, C = self.params["weight"].shape[:2]
-        geometry = (H, W, self.kernel_size, self.padding, self.dilation)
-        if self.method == "auto" and not dft_is_cheaper(*geometry, C, O, self.needs_input_grad):
-            return None
+        geometry = (H, W, self.kernel_size, self.stride, self.padding, self.dilation, C, O, self.needs_input_grad)
+        methods = ("im2col", "band", "dft") if self.method == "auto" else (self.method,)
+        if self.method == "dft" and self.stride != (1, 1):
+            methods = ("im2col",)  # the DFT computes every output: stride 1 only
+        method, B = convcost.choose(*geometry, methods=methods)
+        if method != "dft":
+            return None, B
         key = (H, W, np.dtype(dtype))  # a plan holds only matrices fixed by the geometry
         if key not in self._dft_plans:
-            self._dft_plans[key] = DFTConv(*geometry, dtype)
-        return self._dft_plans[key]
+            self._dft_plans[key] = DFTConv(H, W, self.kernel_size, self.padding, self.dilation, dtype)
+        return self._dft_plans[key], None
 
     def _weight_matrix(self):
         """(F, C, kh, kw) -> (kh*kw*C, F), the order of an im2col row."""
@@ -186,15 +193,20 @@ class Conv2d(Layer):
         """x: (N, C, H, W) -> out: (N, F, Ho, Wo) with Ho = floor((H + 2p - d(k-1) - 1)/s) + 1."""
         xh = _nhwc(x)
         N, H, W, C = xh.shape
-        self.in_shape, self.plan = xh.shape, self._dft_plan(H, W, xh.dtype)
+        self.in_shape = xh.shape
+        self.plan, self.band = self._choose(H, W, xh.dtype)
         if self.plan is not None:
             return _nchw(self._forward_dft(xh))
+        if self.band is not None:
+            return _nchw(self._forward_band(xh))
         return _nchw(self._forward_im2col(xh))
 
     def backward(self, dout):
         """dout: (N, F, Ho, Wo) -> dx: (N, C, H, W); grads weight (F, C, kh, kw), bias (F,)."""
         if self.plan is not None:
             dx = self._backward_dft(_nhwc(dout))
+        elif self.band is not None:
+            dx = self._backward_band(_nhwc(dout))
         else:
             dx = self._backward_im2col(_nhwc(dout))
         return None if dx is None else _nchw(dx)
@@ -243,6 +255,79 @@ class Conv2d(Layer):
             self.grads["bias"] = ordered_sum([p[1] for p in parts])
         self.spectrum = self.block = None
         return dx
+
+    def _band_geometry(self):
+        (N, H, W, C), (kh, kw), (sh, sw), (dil_h, dil_w) = self.in_shape, self.kernel_size, self.stride, self.dilation
+        Ho, Wo = self.output_size(H, W)
+        B = self.band
+        return Ho, Wo // B, bandconv.block_input_width(B, kw, sw, dil_w)
+
+    def _band_windows(self, xp, Ho, nb, Bw):
+        """(input rows i, output block b, slices into a padded NHWC array) of every copy that builds rows."""
+        (kh, _), (sh, sw), (dil_h, _) = self.kernel_size, self.stride, self.dilation
+        for b in range(nb):
+            for i in range(kh):
+                yield i, b, (slice(None), _window(i, dil_h, sh, Ho), slice(b * self.band * sw, b * self.band * sw + Bw))
+
+    def _forward_band(self, xh):
+        """xh (N, H, W, C) -> (N, Ho, Wo, F), by one banded product (bandconv.py)."""
+        N, H, W, C = xh.shape
+        (kh, _), (ph, pw), (_, sw), (_, dil_w) = self.kernel_size, self.padding, self.stride, self.dilation
+        Ho, nb, Bw = self._band_geometry()
+        R = Ho * nb  # product rows per image
+        xp = self._scratch("_padded", (N, H + 2 * ph, W + 2 * pw, C), xh.dtype, zero=True) if ph or pw else xh
+        rows = self._scratch("_rows", (N, Ho, nb, kh, Bw, C), xh.dtype)
+        rows2d = rows.reshape(N * R, kh * Bw * C)
+        weight, bias = self.params["weight"], self.params.get("bias")
+        T = bandconv.band_matrix(weight, self.band, sw, dil_w)
+        bias_row = None if bias is None else np.tile(bias, self.band)
+        out = np.empty((N * R, T.shape[1]), xh.dtype)
+
+        def run(b0, b1):  # the copies and the product, a few images at a time (still in cache)
+            for c0 in range(b0, b1, BLOCK_IMAGES):
+                c1 = min(c0 + BLOCK_IMAGES, b1)
+                if ph or pw:
+                    xp[c0:c1, ph:ph + H, pw:pw + W, :] = xh[c0:c1]
+                for i, b, window in self._band_windows(xp[c0:c1], Ho, nb, Bw):
+                    rows[c0:c1, :, b, i] = xp[c0:c1][window]
+                np.matmul(rows2d[c0 * R:c1 * R], T, out=out[c0 * R:c1 * R])
+                if bias_row is not None:
+                    out[c0 * R:c1 * R] += bias_row
+
+        over_batch(run, N, rows.size, uses_blas=True)
+        self.rows, self.T = rows2d, T
+        return out.reshape(N, Ho, -1, weight.shape[0])
+
+    def _backward_band(self, dh):
+        """dh (N, Ho, Wo, F) -> dx (N, H, W, C) or None; sets the gradients. The transpose of
+        the forward product, then of the copies."""
+        N, H, W, C = self.in_shape
+        (ph, pw), (_, sw), (_, dil_w) = self.padding, self.stride, self.dilation
+        Ho, nb, Bw = self._band_geometry()
+        R, weight = Ho * nb, self.params["weight"]
+        rows2d, T = self.rows, self.T
+        d2 = dh.reshape(N * R, T.shape[1])
+        dxp = np.empty((N, H + 2 * ph, W + 2 * pw, C), d2.dtype) if self.needs_input_grad else None
+
+        def run(b0, b1):
+            d = d2[b0 * R:b1 * R]
+            grad_T, grad_b = rows2d[b0 * R:b1 * R].T @ d, _column_sums(d)
+            if dxp is not None:
+                for c0 in range(b0, b1, BLOCK_IMAGES):
+                    c1 = min(c0 + BLOCK_IMAGES, b1)
+                    drows = (d2[c0 * R:c1 * R] @ T.T).reshape(c1 - c0, Ho, nb, -1, Bw, C)
+                    dx = dxp[c0:c1]
+                    dx[...] = 0
+                    for i, b, window in self._band_windows(dx, Ho, nb, Bw):
+                        dx[window] += drows[:, :, b, i]
+            return grad_T, grad_b
+
+        parts = over_batch(run, N, rows2d.size, uses_blas=True)
+        self.grads["weight"] = bandconv.fold(ordered_sum([p[0] for p in parts]), weight.shape, self.band, sw, dil_w)
+        if "bias" in self.params:
+            self.grads["bias"] = ordered_sum([p[1] for p in parts]).reshape(self.band, -1).sum(axis=0)
+        self.rows = self.T = None
+        return None if dxp is None else dxp[:, ph:ph + H, pw:pw + W, :]
 
     def _forward_im2col(self, xh):
         """xh (N, H, W, C) -> (N, Ho, Wo, F), by im2col and one product."""

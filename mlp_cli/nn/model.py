@@ -93,15 +93,26 @@ class Sequential:
             target[...] = value
 
 
+# Increasing element-wise maps that commute with max pooling: max(f(x)) = f(max(x)).
+_MONOTONE = (L.ReLU, L.Tanh)
+
+
 def _execution_order(layers: list[L.Layer]) -> list[int]:
-    """The order to run the layers in: as given, except that a ReLU followed by a max pooling
-    runs after it. max(relu(x)) = relu(max(x)) exactly, and the gradients agree exactly too
-    (a window whose maximum is <= 0 passes no gradient either way), but the ReLU then works on
-    a quarter of the numbers. Names and indices (state dicts, gradcheck) keep the given order."""
+    """The order to run the layers in: as given, except that a ReLU or Tanh followed by a max
+    pooling runs after it, on a quarter of the numbers (for 2x2 windows).
+
+    ReLU: max(relu(x)) = relu(max(x)) exactly, and the gradients agree exactly too (a window
+    whose maximum is <= 0 passes no gradient either way). Tanh is increasing, so
+    max(tanh(x)) = tanh(max(x)) as well (NumPy's float32 tanh is monotone but for two
+    one-ulp steps in (1e-8, 20)), and the gradient (1 - tanh^2) * dout goes to the same window
+    element, except where tanh rounds two different inputs of one window to the same value:
+    the given order then routes it to the first of them, this order to the larger input (the
+    exact derivative's choice); the value routed is the same. Names and indices (state dicts,
+    gradcheck) keep the given order."""
     order = list(range(len(layers)))
     i = 0
     while i < len(order) - 1:
-        if type(layers[order[i]]) is L.ReLU and type(layers[order[i + 1]]) is L.MaxPool2d:
+        if type(layers[order[i]]) in _MONOTONE and type(layers[order[i + 1]]) is L.MaxPool2d:
             order[i], order[i + 1] = order[i + 1], order[i]
             i += 2
         else:
