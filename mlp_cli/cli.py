@@ -7,6 +7,7 @@ Heavy modules (numpy, torch, matplotlib) are imported inside the commands, so th
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import click
@@ -22,24 +23,119 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class _Output:
+    """stdout or stderr that a closed pipe (`mlp-cli train ... | head -2`) or a full disk cannot kill.
+
+    The first failed write points the file descriptor at /dev/null and drops the rest, so the command
+    goes on (a long training run finishes and saves its checkpoints) and Python's own flush at exit
+    stays quiet. A closed pipe is the reader's choice and changes nothing else; any other failure is
+    kept in `lost`, and the command then exits 1 saying that its output was lost.
+    """
+
+    def __init__(self, stream):
+        self.stream, self.dead, self.lost = stream, stream is None, None
+
+    def write(self, text):
+        if not self.dead:
+            try:
+                return self.stream.write(text)
+            except OSError as e:
+                self._drop(e)
+        return len(text)
+
+    def flush(self):
+        if not self.dead:
+            try:
+                self.stream.flush()
+            except OSError as e:
+                self._drop(e)
+
+    def isatty(self):
+        return not self.dead and self.stream.isatty()
+
+    def _drop(self, error: OSError) -> None:
+        self.dead = True
+        if not isinstance(error, BrokenPipeError):
+            self.lost = error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file (tests): dropping is enough
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _guard_output() -> list[_Output]:
+    for name in ("stdout", "stderr"):
+        if not isinstance(getattr(sys, name), _Output):
+            setattr(sys, name, _Output(getattr(sys, name)))
+    return [sys.stdout, sys.stderr]
+
+
 def handle_errors(command):
-    """Turn the project's exceptions into one line on stderr and the documented exit code."""
+    """Turn the project's exceptions into one line on stderr and the documented exit code.
+
+    Errors nobody foresaw get one line too: an OSError names its file (exit 1), a MemoryError says
+    how much was asked for (exit 1), anything else is a bug, said as such (exit 1).
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from mlp_cli.config import ConfigError
-        from mlp_cli.errors import RuntimeFailure, ShapeError
+        from mlp_cli.errors import RuntimeFailure, UsageError
 
+        streams = _guard_output()
         try:
-            return command(*args, **kwargs)
-        except (ConfigError, ShapeError) as e:
+            result = command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own usage errors and exits
+        except UsageError as e:
             fail(str(e), EXIT_USAGE)
         except RuntimeFailure as e:
             fail(str(e), EXIT_RUNTIME)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}", EXIT_RUNTIME)
+        except MemoryError as e:
+            fail(f"out of memory: {e or 'an allocation failed'}; use a smaller network, batch or image size",
+                 EXIT_RUNTIME)
+        except Exception as e:  # noqa: BLE001  the last resort: still one line, and honest about it
+            fail(f"unexpected {type(e).__name__}: {e} (a bug in mlp-cli; please report it with the command line)",
+                 EXIT_RUNTIME)
+        lost = next((s.lost for s in streams if s.lost), None)
+        if lost is not None:
+            fail(f"the output could not be written ({lost.strerror or lost})", EXIT_RUNTIME)
+        return result
 
     return wrapper
+
+
+class OverridesCommand(click.Command):
+    """A command that takes KEY=VALUE config overrides: an unknown option that names a config key
+    (`--epochs 3`) is answered with the override to write instead (`train.epochs=3`)."""
+
+    def parse_args(self, ctx, args):
+        given = list(args)  # click's parser consumes `args`
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            from mlp_cli.config import key_for_option
+
+            key = key_for_option(e.option_name)
+            if key is None:
+                raise
+            value = "VALUE"
+            for i, arg in enumerate(given):
+                if arg.startswith(e.option_name + "="):
+                    value = arg.split("=", 1)[1]
+                elif arg == e.option_name and i + 1 < len(given) and not given[i + 1].startswith("-"):
+                    value = given[i + 1]
+            raise click.NoSuchOption(e.option_name, ctx=ctx, message=(
+                f"No such option: {e.option_name}. Config keys are set as KEY=VALUE overrides: {key}={value}")) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,7 +168,7 @@ def _pitfall_warnings(cfg) -> None:
               "with momentum 0.9 use a learning rate about 10 times smaller (e.g. optim.lr=0.01)")
 
 
-@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@main.command(cls=OverridesCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="The run's YAML config (see configs/).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",
@@ -151,7 +247,7 @@ def eval_(checkpoint_path, split, data_root, as_json):
     click.echo(json.dumps(result) if as_json else format_report(result))
 
 
-@main.command()
+@main.command(cls=OverridesCommand)
 @click.option("--input", "input_", metavar="HxWxC", help="One layer: the input size, e.g. 28x28x1 (HxW means one channel).")
 @click.option("--kernel", metavar="K", help="One layer: kernel size K (or KHxKW).")
 @click.option("--stride", metavar="S", help="Stride (default 1 for conv, the kernel size for --pool).")
@@ -261,7 +357,7 @@ def report(run_dirs, fmt, plot_path):
         click.echo(f"validation curves of {len(runs)} run{'s' * (len(runs) != 1)} written to {written}", err=True)
 
 
-@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@main.command(cls=OverridesCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="The config whose network to check.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Random examples in the batch.")
