@@ -16,6 +16,9 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlp_cli.errors import UsageError
+from mlp_cli.shapes import DATASET_SHAPES
+
 DATASETS = ("circles", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 LAYER_TYPES = (
     "linear", "conv2d", "maxpool2d", "avgpool2d", "relu", "tanh", "sigmoid",
@@ -23,12 +26,20 @@ LAYER_TYPES = (
 )
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """An invalid config or override; the CLI prints the message and exits with code 2."""
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
+
+
+def reject_unused(section: BaseModel, prefix: str, keys, why: str) -> None:
+    """Refuse a value, other than the default, for a key that does not apply: silently ignoring
+    it would let a run differ from what its config says. `why` completes "KEY does not apply: ..."."""
+    for key in keys:
+        if getattr(section, key) != type(section).model_fields[key].default:
+            raise ValueError(f"{prefix}{key} does not apply: {why}; remove it")
 
 
 IntPair = Union[Annotated[int, Field(ge=1)], tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]]
@@ -102,6 +113,8 @@ class Init(Strict):
     def _std_for_normal(self):
         if self.weight == "normal" and self.std is None:
             raise ValueError("init.weight 'normal' needs init.std (for example std: 0.3)")
+        if self.weight != "normal":
+            reject_unused(self, "model.init.", ["std"], f"it is the std of weight: normal, and the weights are {self.weight}")
         return self
 
 
@@ -136,15 +149,23 @@ class Data(Strict):
     val_size: float = Field(default=0.1, ge=0)  # a count of training examples (>= 1) or a fraction (< 1)
     normalize: bool = True  # per-channel mean/std of the training split
     image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # imagefolder: [H, W]
-    channels: Literal[1, 3] = 3  # imagefolder: 1 grayscale, 3 RGB
+    channels: Literal[1, 3] | None = None  # imagefolder: 1 grayscale, 3 RGB (the default)
     augment: Augment = Augment()
 
     @model_validator(mode="after")
     def _checks(self):
         if self.val_size >= 1 and self.val_size != int(self.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
-        if self.dataset == "imagefolder" and self.image_size is None:
-            raise ValueError("data.image_size is required for imagefolder, for example image_size: [32, 32]")
+        # image_size may stay null for an image folder: the data layer takes the size its images share.
+        if self.dataset != "imagefolder":
+            shape = DATASET_SHAPES[self.dataset]
+            given = (f"{self.dataset} gives {shape[0]} features per example" if len(shape) == 1 else
+                     f"{self.dataset} images are {shape[1]}x{shape[2]} with {shape[0]} channel{'s' * (shape[0] > 1)}")
+            reject_unused(self, "data.", ["image_size", "channels"], f"it is for imagefolder, and {given}")
+        if self.dataset == "circles":
+            reject_unused(self, "data.", ["root"], "circles is generated and reads no files")
+            reject_unused(self.augment, "data.augment.", ["crop", "crop_padding", "hflip"],
+                          "augmentation is for images, and circles gives 2 features per example")
         return self
 
     def resolved_root(self) -> Path:
@@ -176,6 +197,17 @@ class Optim(Strict):
     def _nesterov(self):
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("optim.nesterov needs optim.name: sgd and a momentum above 0")
+        if self.name == "sgd":
+            reject_unused(self, "optim.", ["betas", "eps"], "it is for adam and adamw, and optim.name is sgd")
+        else:
+            reject_unused(self, "optim.", ["momentum"], f"it is for sgd; {self.name} keeps its moments by optim.betas")
+        s = self.schedule
+        uses = {"constant": [], "step": ["step_size", "gamma"], "exponential": ["gamma"], "cosine": ["t_max", "eta_min"]}
+        unused = [k for k in ("step_size", "gamma", "t_max", "eta_min") if k not in uses[s.name]]
+        reject_unused(s, "optim.schedule.", unused, f"the {s.name} schedule uses "
+                      + (", ".join(uses[s.name]) if uses[s.name] else "no parameter but warm-up"))
+        if s.warmup_epochs == 0:
+            reject_unused(s, "optim.schedule.", ["warmup_start_factor"], "there is no warm-up (warmup_epochs is 0)")
         return self
 
 
@@ -193,6 +225,15 @@ class Config(Strict):
     model: Model
     train: Train
     optim: Optim
+
+    @model_validator(mode="after")
+    def _warmup_within_the_run(self):
+        warmup, epochs = self.optim.schedule.warmup_epochs, self.train.epochs
+        if warmup >= epochs:
+            raise ValueError(f"optim.schedule.warmup_epochs {warmup} is not shorter than the run (train.epochs "
+                             f"{epochs}): the learning rate would never reach optim.lr; use fewer warm-up epochs "
+                             f"(e.g. optim.schedule.warmup_epochs={max(1, epochs // 5) if epochs > 1 else 0}) or more epochs")
+        return self
 
     def dump(self) -> dict:
         """The resolved config as plain YAML-able data (what config.yaml holds)."""
@@ -260,24 +301,31 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             raise ConfigError(f"bad override {item!r}: the value {text!r} is not valid YAML; quote strings and use [a, b] for lists") from None
         parts = key.split(".")
         node = raw
-        for i, part in enumerate(parts[:-1]):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                raise ConfigError(f"bad override {item!r}: {'.'.join(parts[:i]) or 'the config'} is not a section")
-            node = node.setdefault(part, {})
-        last = parts[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ConfigError(f"bad override {item!r}: {'.'.join(parts[:-1])} is not a section")
+        for i, part in enumerate(parts):
+            where = ".".join(parts[:i]) or "the config"
+            if isinstance(node, list):
+                if not (part.isdigit() and int(part) < len(node)):
+                    what = "layers" if where == "model.layers" else "items"
+                    raise ConfigError(f"bad override {item!r}: {where} is a list of {len(node)} {what}, so {part!r} "
+                                      f"is not one of them; use an index from 0 to {len(node) - 1}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"bad override {item!r}: {where} is the value {node!r}, not a section with keys")
+            if i == len(parts) - 1:
+                node[part] = value
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                node = node[part]
     return raw
 
 
-def validate(raw: dict, source: str = "config") -> Config:
+def validate(raw: dict, source: str = "config", *, recorded: bool = False) -> Config:
+    """The Config of `raw`, or ConfigError. recorded=True for a config that a run wrote: those written
+    before data.channels became null outside image folders hold channels: 3 for every data set."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if recorded and isinstance(data, dict) and data.get("dataset") != "imagefolder" and data.get("channels") == 3:
+        raw = {**raw, "data": {k: v for k, v in data.items() if k != "channels"}}
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
@@ -289,6 +337,20 @@ def load(path: str | Path, overrides=()) -> Config:
     raw = read_yaml(path)
     raw = apply_overrides(raw, overrides)
     return validate(raw, str(path))
+
+
+def key_for_option(option: str) -> str | None:
+    """The dotted config key an unknown command-line option was probably meant for: --epochs ->
+    train.epochs, --lr -> optim.lr, --batch-size -> train.batch_size (None if nothing is close)."""
+    name = option.lstrip("-").replace("-", "_").lower()
+    name = {"learning_rate": "lr"}.get(name, name)
+    keys = {f"{prefix}.{field}".lstrip("."): field for prefix, model in _MODELS.items() for field in model.model_fields
+            if not isinstance(getattr(model.model_fields[field].annotation, "model_fields", None), dict)}
+    exact = [key for key, field in keys.items() if field == name]
+    if exact:
+        return exact[0]
+    close = difflib.get_close_matches(name, list(keys.values()), n=1, cutoff=0.75)
+    return next(key for key, field in keys.items() if field == close[0]) if close else None
 
 
 # ----------------------------------------------------------------------------- error messages
