@@ -62,13 +62,27 @@ class RunResult:
     test: dict | None
 
 
-def check_network(cfg: Config) -> tuple[list[int], list[shapes.LayerInfo]]:
-    """Shape inference of the config's network, before any data is loaded (ShapeError if it does not fit)."""
+def check_network(cfg: Config, *, batch_size: int | None = None, dtype=np.float32
+                  ) -> tuple[list[int], list[shapes.LayerInfo]]:
+    """Shape inference of the config's network, before any data is loaded or any weight allocated:
+    ShapeError if it does not fit, UsageError if training it (batches of `batch_size`, default
+    train.batch_size, in `dtype`) cannot fit in the memory available."""
+    from mlp_cli import system
+
     input_shape = shapes.dataset_input_shape(cfg.data)
     infos = shapes.resolve(input_shape, [layer.model_dump() for layer in cfg.model.layers])
     classes = NUM_CLASSES.get(cfg.data.dataset)
     if classes is not None:
         check_outputs(infos, classes, cfg.data.dataset)
+    optimizer_buffers = {"sgd": int(cfg.optim.momentum > 0), "adam": 2, "adamw": 2}[cfg.optim.name]
+    batch = batch_size or cfg.train.batch_size
+    needed = shapes.training_bytes(input_shape, infos, batch, eval_batch_size=0 if batch_size else cfg.train.eval_batch_size,
+                                   state_copies=2 + optimizer_buffers, bytes_per_value=np.dtype(dtype).itemsize)
+    biggest = max(infos, key=lambda info: info.params)
+    system.check_memory(
+        needed, f"invalid config: training this network ({shapes.total_params(infos):,} parameters, "
+        f"{biggest.params:,} of them in layer {biggest.index} ({biggest.type}))",
+        "use smaller layers, smaller batches or smaller images")
     return input_shape, infos
 
 
@@ -163,11 +177,13 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     from mlp_cli.nn.optim import Optimizer, lr_at
     from mlp_cli.nn.parallel import single_threaded_blas
 
+    cfg = data.resolve_config(cfg)  # what config.yaml records: the absolute data root, the image size
     input_shape, infos = check_network(cfg)
     architecture = shapes.architecture(infos)
 
-    splits = data.load_splits(cfg.data, cfg.seed, ("train", "val"))
-    train_split, val_split = splits["train"], splits["val"]
+    # All three splits before the first epoch: a problem with the test data must not wait for the end.
+    splits = data.load_splits(cfg.data, cfg.seed, ("train", "val", "test"))
+    train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
     classes = list(train_split.classes)
     check_outputs(infos, len(classes), cfg.data.dataset)
     norm = data.normalization(train_split, cfg.data)
@@ -277,7 +293,6 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
     if best_path.exists():
         best = checkpoint.load(best_path)
         best_model = checkpoint.load_model(best)
-        test_split = data.load_splits(cfg.data, cfg.seed, ("test",))["test"]
         logits = predict(best_model, test_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
                          augment=cfg.data.augment)
         test = checkpoint_result(best_path, best, "test", metrics_from_logits(logits, test_split.y, len(classes)))
