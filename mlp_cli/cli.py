@@ -254,7 +254,7 @@ def eval_(checkpoint_path, split, data_root, as_json):
 @click.option("--padding", metavar="P", default="0", show_default=True, help="Zero padding on each side.")
 @click.option("--dilation", metavar="D", default="1", show_default=True, help="Kernel dilation.")
 @click.option("--filters", type=click.IntRange(min=1), metavar="F", help="Number of filters (output channels) of the conv layer (default 1).")
-@click.option("--ceil-mode", is_flag=True, help="Round the output size up, as PyTorch's pooling ceil_mode=True.")
+@click.option("--ceil-mode", is_flag=True, help="With --pool: round the output size up, as PyTorch's ceil_mode=True.")
 @click.option("--pool", type=click.Choice(["max", "avg"]), is_flag=False, flag_value="max", default=None,
               help="A pooling layer instead of a conv layer (--pool alone means max).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
@@ -293,6 +293,10 @@ def convshape(input_, kernel, stride, padding, dilation, filters, ceil_mode, poo
         from mlp_cli.config import load
 
         cfg = load(config_path, overrides)
+        if cfg.data.dataset == "imagefolder" and cfg.data.image_size is None:
+            from mlp_cli.data import resolve_config  # the size its images share (numpy, only here)
+
+            cfg = resolve_config(cfg)
         input_shape = shapes.dataset_input_shape(cfg.data)
         infos = shapes.resolve(input_shape, [layer.model_dump() for layer in cfg.model.layers])
         report = cs.network_report(input_shape, infos, batch_size or cfg.train.batch_size,
@@ -327,8 +331,8 @@ def convshape(input_, kernel, stride, padding, dilation, filters, ceil_mode, poo
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
               show_default=True, help="Output format.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
-              help="Also write one PNG overlaying the runs' validation accuracy curves.")
+@click.option("--plot", "plot_path", metavar="FILE.png",
+              help="Also write a picture overlaying the runs' validation accuracy curves (.png, .pdf, .svg, ...).")
 @handle_errors
 def report(run_dirs, fmt, plot_path):
     """Compare runs: config differences, best validation accuracy, test accuracy, time per epoch.
@@ -342,14 +346,19 @@ def report(run_dirs, fmt, plot_path):
     "config differences" lists, as key=value, the dotted config keys whose values are not
     the same in every run. Accuracies: best validation accuracy and its epoch (metrics.csv),
     test accuracy of best.safetensors (test_metrics.json, "-" if absent); s/epoch is the
-    median wall time of an epoch's training loop. Exit code 2 if a folder is not a run.
+    median wall time of an epoch's training loop. A folder that is not a run is skipped with a
+    warning; exit code 2 if none is a run, or if --plot names a file that cannot be written (checked
+    first; its extension says the format: .png, .pdf, .svg, .jpg, ...).
     """
     from mlp_cli import report as rep
 
-    try:
-        runs = rep.load_runs(run_dirs)
-    except rep.RunDirError as e:
-        fail(str(e), EXIT_USAGE)
+    if plot_path:
+        from mlp_cli.pictures import check_picture_path
+
+        check_picture_path(plot_path, "--plot")
+    runs, skipped = rep.load_runs(run_dirs)
+    for message in skipped:
+        _warn(f"skipped {message}")
     click.echo(rep.FORMATS[fmt](runs))
     sys.stdout.flush()  # the table before the note on stderr, also when both go to one pipe
     if plot_path:
@@ -416,17 +425,22 @@ def predict(checkpoint_path, images, top_k, as_json):
     Each image is converted to grayscale or RGB as the network expects, resized (bilinear)
     to its training image size (then center-cropped if the run trained on crops) and
     normalized with the checkpoint's mean and std, as evaluation does.
-    Exit code 1 for an unreadable image or checkpoint, 2 for a checkpoint that does not take images.
+    An unreadable image gets one line on stderr and the others are still predicted; the exit code
+    is then 1 (also for an unreadable checkpoint), 2 for a checkpoint that does not take images.
     """
     import json
 
     from mlp_cli import predict as pr
 
-    try:
-        results = pr.predict_files(checkpoint_path, list(images), top_k=top_k)
-    except pr.NotAnImageModel as e:
-        fail(f"{checkpoint_path}: {e}", EXIT_USAGE)
-    click.echo(json.dumps(results, indent=2) if as_json else pr.format_predictions(results))
+    results, errors = pr.predict_files(checkpoint_path, list(images), top_k=top_k)
+    if results or as_json:
+        click.echo(json.dumps(results, indent=2) if as_json else pr.format_predictions(results))
+    if errors:
+        sys.stdout.flush()  # the predictions before the errors, also when both go to one pipe
+        for message in errors[:-1]:
+            click.echo(f"error: {message}", err=True)
+        fail(errors[-1] if len(errors) == 1 else f"{errors[-1]} ({len(errors)} of {len(images)} images unreadable)",
+             EXIT_RUNTIME)
 
 
 if __name__ == "__main__":
