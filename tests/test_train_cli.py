@@ -148,18 +148,6 @@ BAD = {
                                             {"type": "linear", "out_features": 3}]}, "flatten"),
     "wrong class count": ({"data.dataset": "mnist", "data.image_size": None,
                            "model.layers": [{"type": "flatten"}, {"type": "linear", "out_features": 7}]}, "10 classes"),
-    # Keys that do not apply are refused, not ignored (issue 11).
-    "channels on mnist": ({"data.dataset": "mnist", "data.image_size": None, "data.channels": 3},
-                          "data.channels does not apply: it is for imagefolder, and mnist images are 28x28"),
-    "image_size on cifar10": ({"data.dataset": "cifar10"}, "data.image_size does not apply"),
-    "momentum with adam": ({"optim.name": "adam"}, "optim.momentum does not apply: it is for sgd"),
-    "gamma of another schedule": ({"optim.schedule": {"name": "cosine", "gamma": 0.5}},
-                                  "optim.schedule.gamma does not apply: the cosine schedule uses t_max, eta_min"),
-    "warm-up longer than the run": ({"optim.schedule": {"name": "constant", "warmup_epochs": 10}},
-                                    "warmup_epochs 10 is not shorter than the run (train.epochs 4)"),
-    "infinite lr": ({"optim.lr": float("inf")}, "optim.lr: input should be a finite number"),
-    "too big for memory": ({"model.layers": [{"type": "flatten"}, {"type": "linear", "out_features": 10**11}]},
-                           "of them in layer 1 (Linear)) needs at least"),
 }
 
 
