@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mlp_cli.errors import UsageError
 from mlp_cli.shapes import DATASET_SHAPES
@@ -30,13 +30,21 @@ class ConfigError(UsageError):
     """An invalid config or override; the CLI prints the message and exits with code 2."""
 
 
+def recorded(info: ValidationInfo) -> bool:
+    """Whether the config being validated is one a run wrote (validate(..., recorded=True))."""
+    return bool(info.context and info.context.get("recorded"))
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
 
-def reject_unused(section: BaseModel, prefix: str, keys, why: str) -> None:
+def reject_unused(section: BaseModel, prefix: str, keys, why: str, info: ValidationInfo) -> None:
     """Refuse a value, other than the default, for a key that does not apply: silently ignoring
-    it would let a run differ from what its config says. `why` completes "KEY does not apply: ..."."""
+    it would let a run differ from what its config says. `why` completes "KEY does not apply: ...".
+    Not for a config a run recorded (`recorded(info)`): those were valid when they ran."""
+    if recorded(info):
+        return
     for key in keys:
         if getattr(section, key) != type(section).model_fields[key].default:
             raise ValueError(f"{prefix}{key} does not apply: {why}; remove it")
@@ -110,11 +118,12 @@ class Init(Strict):
     bias: Literal["default", "zeros"] = "default"
 
     @model_validator(mode="after")
-    def _std_for_normal(self):
+    def _std_for_normal(self, info: ValidationInfo):
         if self.weight == "normal" and self.std is None:
             raise ValueError("init.weight 'normal' needs init.std (for example std: 0.3)")
         if self.weight != "normal":
-            reject_unused(self, "model.init.", ["std"], f"it is the std of weight: normal, and the weights are {self.weight}")
+            reject_unused(self, "model.init.", ["std"],
+                          f"it is the std of weight: normal, and the weights are {self.weight}", info)
         return self
 
 
@@ -153,7 +162,7 @@ class Data(Strict):
     augment: Augment = Augment()
 
     @model_validator(mode="after")
-    def _checks(self):
+    def _checks(self, info: ValidationInfo):
         if self.val_size >= 1 and self.val_size != int(self.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
         # image_size may stay null for an image folder: the data layer takes the size its images share.
@@ -161,11 +170,11 @@ class Data(Strict):
             shape = DATASET_SHAPES[self.dataset]
             given = (f"{self.dataset} gives {shape[0]} features per example" if len(shape) == 1 else
                      f"{self.dataset} images are {shape[1]}x{shape[2]} with {shape[0]} channel{'s' * (shape[0] > 1)}")
-            reject_unused(self, "data.", ["image_size", "channels"], f"it is for imagefolder, and {given}")
+            reject_unused(self, "data.", ["image_size", "channels"], f"it is for imagefolder, and {given}", info)
         if self.dataset == "circles":
-            reject_unused(self, "data.", ["root"], "circles is generated and reads no files")
+            reject_unused(self, "data.", ["root"], "circles is generated and reads no files", info)
             reject_unused(self.augment, "data.augment.", ["crop", "crop_padding", "hflip"],
-                          "augmentation is for images, and circles gives 2 features per example")
+                          "augmentation is for images, and circles gives 2 features per example", info)
         return self
 
     def resolved_root(self) -> Path:
@@ -194,20 +203,21 @@ class Optim(Strict):
     schedule: Schedule = Schedule()
 
     @model_validator(mode="after")
-    def _nesterov(self):
+    def _nesterov(self, info: ValidationInfo):
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("optim.nesterov needs optim.name: sgd and a momentum above 0")
         if self.name == "sgd":
-            reject_unused(self, "optim.", ["betas", "eps"], "it is for adam and adamw, and optim.name is sgd")
+            reject_unused(self, "optim.", ["betas", "eps"], "it is for adam and adamw, and optim.name is sgd", info)
         else:
-            reject_unused(self, "optim.", ["momentum"], f"it is for sgd; {self.name} keeps its moments by optim.betas")
+            reject_unused(self, "optim.", ["momentum"],
+                          f"it is for sgd; {self.name} keeps its moments by optim.betas", info)
         s = self.schedule
         uses = {"constant": [], "step": ["step_size", "gamma"], "exponential": ["gamma"], "cosine": ["t_max", "eta_min"]}
         unused = [k for k in ("step_size", "gamma", "t_max", "eta_min") if k not in uses[s.name]]
         reject_unused(s, "optim.schedule.", unused, f"the {s.name} schedule uses "
-                      + (", ".join(uses[s.name]) if uses[s.name] else "no parameter but warm-up"))
+                      + (", ".join(uses[s.name]) if uses[s.name] else "no parameter but warm-up"), info)
         if s.warmup_epochs == 0:
-            reject_unused(s, "optim.schedule.", ["warmup_start_factor"], "there is no warm-up (warmup_epochs is 0)")
+            reject_unused(s, "optim.schedule.", ["warmup_start_factor"], "there is no warm-up (warmup_epochs is 0)", info)
         return self
 
 
@@ -227,9 +237,9 @@ class Config(Strict):
     optim: Optim
 
     @model_validator(mode="after")
-    def _warmup_within_the_run(self):
+    def _warmup_within_the_run(self, info: ValidationInfo):
         warmup, epochs = self.optim.schedule.warmup_epochs, self.train.epochs
-        if warmup >= epochs:
+        if warmup >= epochs and not recorded(info):
             raise ValueError(f"optim.schedule.warmup_epochs {warmup} is not shorter than the run (train.epochs "
                              f"{epochs}): the learning rate would never reach optim.lr; use fewer warm-up epochs "
                              f"(e.g. optim.schedule.warmup_epochs={max(1, epochs // 5) if epochs > 1 else 0}) or more epochs")
@@ -266,6 +276,8 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); pass a YAML config, e.g. --config configs/mnist_mlp.yaml") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; pass an existing YAML file, e.g. --config configs/mnist_mlp.yaml") from None
     except OSError as e:
@@ -321,13 +333,11 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 
 def validate(raw: dict, source: str = "config", *, recorded: bool = False) -> Config:
-    """The Config of `raw`, or ConfigError. recorded=True for a config that a run wrote: those written
-    before data.channels became null outside image folders hold channels: 3 for every data set."""
-    data = raw.get("data") if isinstance(raw, dict) else None
-    if recorded and isinstance(data, dict) and data.get("dataset") != "imagefolder" and data.get("channels") == 3:
-        raw = {**raw, "data": {k: v for k, v in data.items() if k != "channels"}}
+    """The Config of `raw`, or ConfigError. recorded=True for a config that a run wrote (checkpoint
+    metadata): the rules about keys that do not apply are not applied to it, since it was valid
+    when it ran (older runs recorded data.channels: 3 for every data set, for example)."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"recorded": recorded})
     except ValidationError as e:
         raise ConfigError(_explain(e, raw, source)) from None
 
@@ -395,7 +405,12 @@ def _explain(err: ValidationError, raw: dict, source: str) -> str:
         loc = _layer_loc(item["loc"])
         key = _dotted(loc) or "(top level)"
         kind = item["type"]
-        if kind == "extra_forbidden":
+        size = next((i for i, p in enumerate(loc) if str(p).startswith(("constrained-int", "tuple["))), None)
+        if size is not None:  # an int-or-pair field: one message for both branches of the union
+            key, low = _dotted(loc[:size]), 0 if loc[size - 1] == "padding" else 1
+            lines.append(f"{source}: {key}: expected an integer >= {low} or a pair [h, w] of them "
+                         f"(got {_get(raw, loc[:size])!r})")
+        elif kind == "extra_forbidden":
             parent, name = loc[:-1], str(loc[-1])
             allowed = _allowed_keys(parent, raw)
             hint = difflib.get_close_matches(name, allowed, n=1, cutoff=0.5)

@@ -52,11 +52,14 @@ def evaluate_checkpoint(path, split_name: str, *, data_root: str | None = None) 
     """Metrics of a checkpoint on one split, with the data, config and normalization that the
     checkpoint records (`data_root` replaces data.root)."""
     from mlp_cli import checkpoint, config, data
-    from mlp_cli.errors import DataError, RuntimeFailure, UsageError
+    from mlp_cli.errors import CheckpointError, DataError, RuntimeFailure, UsageError
 
     ckpt = checkpoint.load(path)
     model = checkpoint.load_model(ckpt)
-    cfg = config.validate(ckpt.config, f"{path} (its recorded config)", recorded=True)
+    try:
+        cfg = config.validate(ckpt.config, f"{path} (its recorded config)", recorded=True)
+    except config.ConfigError as e:  # a damaged checkpoint, not a usage error
+        raise CheckpointError(str(e).splitlines()[0]) from None
     if split_name == "val" and cfg.data.val_size == 0:
         raise UsageError(f"{path}: the run trained without a validation split (data.val_size 0), so there is "
                          "none to evaluate; use --split test (or --split train)")

@@ -42,15 +42,17 @@ class Geometry:
 def geometry(ckpt) -> Geometry:
     """How an image file becomes the network's input, from the checkpoint's metadata."""
     shape = list(ckpt.input_shape)
+    data = ckpt.config.get("data")
+    data = data if isinstance(data, dict) else {}
     if len(shape) != 3:
-        dataset = (ckpt.config or {}).get("data", {}).get("dataset") if isinstance(ckpt.config, dict) else None
+        dataset = data.get("dataset")
         origin = f" ({dataset} data)" if dataset else ""
         raise NotAnImageModel(
             f"this checkpoint's network takes {shape[0] if shape else 0} features per example{origin}, "
             "not images; predict works with checkpoints of image models (input shape [C, H, W])")
     c, h, w = (int(v) for v in shape)
-    data = ckpt.config.get("data", {}) if isinstance(ckpt.config, dict) else {}
-    crop = ((data or {}).get("augment") or {}).get("crop")
+    augment = data.get("augment")
+    crop = augment.get("crop") if isinstance(augment, dict) else None
     if crop:
         try:
             from mlp_cli import shapes

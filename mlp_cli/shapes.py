@@ -183,6 +183,10 @@ def dataset_input_shape(data_cfg) -> list[int]:
     else:
         raise ShapeError(f"unknown dataset {dataset!r}; allowed: {', '.join([*DATASET_SHAPES, 'imagefolder'])}")
     crop = _field(_field(data_cfg, "augment") or {}, "crop")
+    pad = _field(_field(data_cfg, "augment") or {}, "crop_padding") or 0
+    if len(shape) == 3 and pad > min(shape[1], shape[2]):
+        raise ShapeError(f"data.augment.crop_padding {pad} is more than the {dataset} images' size "
+                         f"({shape[1]}x{shape[2]}): the random crops would be mostly padding; use a few pixels")
     if crop is not None:
         if len(shape) != 3:
             raise ShapeError(f"data.augment.crop applies to images, but {dataset} gives {shape[0]} features per example; remove crop")

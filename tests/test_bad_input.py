@@ -270,3 +270,42 @@ def test_a_full_stdout_is_one_line_exit_1(circles_run):
                            stderr=subprocess.PIPE, text=True)
     assert r.returncode == 1
     assert r.stderr == "error: the output could not be written (No space left on device)\n"
+
+
+# ----------------------------------------------------------------------------- recorded configs and checkpoints
+def test_recorded_configs_are_read_without_the_newer_rules():
+    """A run recorded channels: 3 for MNIST and momentum for adam before those were refused: eval still reads it."""
+    from mlp_cli import config
+
+    raw = yaml.safe_load(CIRCLES.read_text())
+    raw["data"] = {"dataset": "mnist", "channels": 3, "image_size": None}
+    raw["model"]["layers"][-1]["out_features"] = 10
+    raw["optim"] = {"name": "adam", "lr": 0.01, "momentum": 0.9}
+    with pytest.raises(ConfigError, match="does not apply"):
+        config.validate(raw)
+    assert config.validate(raw, recorded=True).optim.momentum == 0.9
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("input_shape", "abc", "input_shape 'abc': [C, H, W] or [features] expected"),
+    ("normalization", {"mean": [0.5], "std": [1.0]}, "a mean and a std per channel (3) expected"),
+    ("classes", ["only"], "classes: a list of class names expected"),
+    ("config", {"data": 5}, "its recorded config"),
+])
+def test_damaged_checkpoint_metadata_is_one_line_exit_1(tmp_path, key, value, expected):
+    from safetensors.numpy import save_file
+
+    from mlp_cli import checkpoint
+
+    root = make_images(tmp_path / "img")
+    assert run("train", "--config", image_config(tmp_path / "c.yaml", root, **{"train.epochs": 1}),
+               "--out", tmp_path / "run", "--quiet").exit_code == 0
+    good = checkpoint.load(tmp_path / "run" / "best.safetensors")
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(good.state, str(damaged), metadata={k: json.dumps(v) for k, v in {**good.metadata, key: value}.items()})
+    for args in (["eval", "--checkpoint", damaged], ["predict", "--checkpoint", damaged, root / "test" / "a" / "0.png"]):
+        r = run(*args)
+        if key == "config" and args[0] == "predict":
+            assert r.exit_code == 0, r.output  # predict needs nothing from the config here
+            continue
+        assert r.exit_code == 1 and expected in r.stderr and len(r.stderr.splitlines()) == 1
