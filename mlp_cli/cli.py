@@ -396,10 +396,13 @@ def gradcheck(config_path, batch, samples, threshold, seed, as_json, overrides):
     (naming the layer whose backward is the likely culprit), 2 for an invalid config.
     """
     import json
+    import math
 
     from mlp_cli import config
     from mlp_cli import gradcheck as gc
 
+    if math.isnan(threshold):  # click's range check lets nan through, and every error would then "fail"
+        fail("--threshold nan is not a number; pass a relative error such as 1e-6", EXIT_USAGE)
     cfg = config.load(config_path, overrides)
     result = gc.check_config(cfg, batch=batch, samples=samples, seed=seed, threshold=threshold, source=str(config_path))
     click.echo(json.dumps(gc.config_check_json(result), indent=2) if as_json else gc.format_config_check(result))
