@@ -112,9 +112,17 @@ def test_an_option_that_is_a_config_key_suggests_the_override(args, hint):
         assert f"Config keys are set as KEY=VALUE overrides: {hint}" in r.stderr
 
 
-def test_convshape_ceil_mode_on_a_conv_and_a_folder_as_config(tmp_path):
+def test_convshape_ceil_mode_on_a_conv_and_gradcheck_threshold_nan():
     r = shell("convshape", "--input", "28x28x1", "--kernel", "3", "--stride", "2", "--ceil-mode")
     assert r.returncode == 2 and "nn.Conv2d has no ceil_mode" in r.stderr and r.stdout == ""
+    r = run("gradcheck", "--config", CIRCLES, "--threshold", "nan")
+    assert r.exit_code == 2 and "--threshold nan is not a number" in r.stderr
+
+
+def test_a_config_that_is_not_text(tmp_path):
+    (tmp_path / "c.yaml").write_bytes(bytes(range(256)))
+    r = run("train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "not a text file (not UTF-8)" in r.stderr and not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- data layouts
@@ -127,6 +135,13 @@ def test_hidden_folders_and_files_are_not_classes_or_images(tmp_path):
     Image.new("RGB", (6, 6)).save(root / "train" / "a" / ".cache" / "x.png")
     splits = data.load_splits(Data(dataset="imagefolder", root=str(root), image_size=(6, 6), val_size=0), 0)
     assert splits["train"].classes == ["a", "b"] and len(splits["train"]) == 12 and len(splits["test"]) == 6
+
+
+def test_a_symbolic_link_loop_is_named(tmp_path):
+    root = make_images(tmp_path / "img")
+    (root / "train" / "a" / "up").symlink_to("..")
+    with pytest.raises(DataError, match=r"train/a/up/a leads to .*train/a, already walked \(a loop of symbolic links"):
+        data.load_splits(Data(dataset="imagefolder", root=str(root), image_size=(6, 6)), 0)
 
 
 def test_one_class_is_refused(tmp_path):

@@ -159,9 +159,13 @@ def scan(folder: Path, classes: list[str]) -> list[tuple[str, int, int, int]]:
 
 def _walk(top: str) -> list[tuple[str, list]]:
     """sorted(os.walk(top, followlinks=True)) keeping the image files' DirEntry objects, sorted by name."""
-    groups, stack = [], [top]
+    groups, stack, seen = [], [top], set()
     while stack:
         path = stack.pop()
+        real = os.path.realpath(path)
+        if real in seen:  # followlinks: a link back up would be walked until the OS gives up
+            raise DataError(f"{path} leads to {real}, already walked (a loop of symbolic links?); remove the link")
+        seen.add(real)
         entries = []
         try:
             with os.scandir(path) as it:
