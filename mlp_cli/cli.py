@@ -79,7 +79,7 @@ def handle_errors(command):
     """Turn the project's exceptions into one line on stderr and the documented exit code.
 
     Errors nobody foresaw get one line too: an OSError names its file (exit 1), a MemoryError says
-    how much was asked for (exit 1), anything else is a bug, said as such (exit 1).
+    how much was asked for (exit 1), anything else says it was unexpected (exit 1).
     """
 
     @functools.wraps(command)
@@ -104,8 +104,8 @@ def handle_errors(command):
             fail(f"out of memory: {e or 'an allocation failed'}; use a smaller network, batch or image size",
                  EXIT_RUNTIME)
         except Exception as e:  # noqa: BLE001  the last resort: still one line, and honest about it
-            fail(f"unexpected {type(e).__name__}: {e} (a bug in mlp-cli; please report it with the command line)",
-                 EXIT_RUNTIME)
+            fail(f"unexpected {type(e).__name__}: {e} (if the input does not explain it, it is a bug in mlp-cli: "
+                 "please report it with the command line)", EXIT_RUNTIME)
         lost = next((s.lost for s in streams if s.lost), None)
         if lost is not None:
             fail(f"the output could not be written ({lost.strerror or lost})", EXIT_RUNTIME)
