@@ -101,7 +101,7 @@ def handle_errors(command):
             where = f"{e.filename}: " if e.filename else ""
             fail(f"{where}{e.strerror or e}", EXIT_RUNTIME)
         except MemoryError as e:
-            fail(f"out of memory: {e or 'an allocation failed'}; use a smaller network, batch or image size",
+            fail(f"out of memory: {str(e) or 'an allocation failed'}; use a smaller network, batch or image size",
                  EXIT_RUNTIME)
         except Exception as e:  # noqa: BLE001  the last resort: still one line, and honest about it
             fail(f"unexpected {type(e).__name__}: {e} (if the input does not explain it, it is a bug in mlp-cli: "

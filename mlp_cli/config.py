@@ -26,6 +26,9 @@ LAYER_TYPES = (
 )
 
 
+MAX_CONFIG_BYTES = 2**20
+
+
 class ConfigError(UsageError):
     """An invalid config or override; the CLI prints the message and exits with code 2."""
 
@@ -274,10 +277,15 @@ def default_cache_dir() -> Path:
 # ----------------------------------------------------------------------------- loading
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    example = "pass a YAML config, e.g. --config configs/mnist_mlp.yaml"
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero must not eat the memory
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES // 2**20} MiB, too large for a config; {example}")
+        text = raw.decode()
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (not UTF-8); pass a YAML config, e.g. --config configs/mnist_mlp.yaml") from None
+        raise ConfigError(f"{path}: not a text file (not UTF-8); {example}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; pass an existing YAML file, e.g. --config configs/mnist_mlp.yaml") from None
     except OSError as e:

@@ -119,10 +119,13 @@ def test_convshape_ceil_mode_on_a_conv_and_gradcheck_threshold_nan():
     assert r.exit_code == 2 and "--threshold nan is not a number" in r.stderr
 
 
-def test_a_config_that_is_not_text(tmp_path):
+def test_a_config_that_is_not_text_or_too_large(tmp_path):
     (tmp_path / "c.yaml").write_bytes(bytes(range(256)))
     r = run("train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
     assert r.exit_code == 2 and "not a text file (not UTF-8)" in r.stderr and not (tmp_path / "run").exists()
+    (tmp_path / "big.yaml").write_text("#" * (2**20 + 1))  # /dev/zero would be read forever
+    r = run("train", "--config", tmp_path / "big.yaml", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "more than 1 MiB, too large for a config" in r.stderr
 
 
 # ----------------------------------------------------------------------------- data layouts
