@@ -75,8 +75,8 @@ def check_network(cfg: Config, *, batch_size: int | None = None, dtype=np.float3
     if classes is not None:
         check_outputs(infos, classes, cfg.data.dataset)
     optimizer_buffers = {"sgd": int(cfg.optim.momentum > 0), "adam": 2, "adamw": 2}[cfg.optim.name]
-    batch = batch_size or cfg.train.batch_size
-    needed = shapes.training_bytes(input_shape, infos, batch, eval_batch_size=0 if batch_size else cfg.train.eval_batch_size,
+    needed = shapes.training_bytes(input_shape, infos, batch_size or cfg.train.batch_size,
+                                   eval_batch_size=0 if batch_size else cfg.train.eval_batch_size,
                                    state_copies=2 + optimizer_buffers, bytes_per_value=np.dtype(dtype).itemsize)
     biggest = max(infos, key=lambda info: info.params)
     system.check_memory(
