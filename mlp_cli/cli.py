@@ -138,7 +138,13 @@ class OverridesCommand(click.Command):
                 f"No such option: {e.option_name}. Config keys are set as KEY=VALUE overrides: {key}={value}")) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    def main(self, *args, **kwargs):
+        _guard_output()  # before click prints anything: usage errors and --help too
+        return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlp-cli")
 def main():
     """Train and evaluate neural networks written from scratch in NumPy.
