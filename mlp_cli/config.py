@@ -350,11 +350,11 @@ def validate(raw: dict, source: str = "config", *, recorded: bool = False) -> Co
         raise ConfigError(_explain(e, raw, source)) from None
 
 
-def load(path: str | Path, overrides=()) -> Config:
-    """Read, override and validate a config file. Raises ConfigError."""
+def load(path: str | Path, overrides=(), *, recorded: bool = False) -> Config:
+    """Read, override and validate a config file (recorded: one a run wrote, see `validate`). Raises ConfigError."""
     raw = read_yaml(path)
     raw = apply_overrides(raw, overrides)
-    return validate(raw, str(path))
+    return validate(raw, str(path), recorded=recorded)
 
 
 def key_for_option(option: str) -> str | None:
