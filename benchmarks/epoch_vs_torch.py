@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mlp_cli import config, shapes
-from mlp_cli.data import Split, batches, load_splits, normalization
+from mlp_cli.data import Split, batches, load_splits, normalization, resolve_config
 from mlp_cli.evaluate import metrics_from_logits
 from mlp_cli.interop import torch_sequential
 from mlp_cli.nn.losses import softmax_cross_entropy
@@ -127,7 +127,7 @@ def main():
     parser.add_argument("--train-torch", action="store_true", help="train the whole recipe in PyTorch, report test accuracy")
     args = parser.parse_intermixed_args()  # overrides may come before or after the options
     torch.set_num_threads(args.threads)
-    cfg = config.load(args.config, args.overrides)
+    cfg = resolve_config(config.load(args.config, args.overrides))  # an image folder's size, as train does
     print(f"{args.config}: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"numpy {np.__version__}", flush=True)
 

@@ -110,7 +110,30 @@ def load(path) -> Checkpoint:
     missing = [k for k in REQUIRED if k not in metadata]
     if missing:
         raise CheckpointError(f"{path}: not an mlp-cli checkpoint (metadata lacks {', '.join(missing)})")
+    damaged = _damaged_metadata(metadata)
+    if damaged:
+        raise CheckpointError(f"{path}: damaged checkpoint metadata ({damaged}); use a checkpoint that mlp-cli train wrote")
     return Checkpoint(tensors, metadata)
+
+
+def _damaged_metadata(meta: dict) -> str | None:
+    """What is wrong with the metadata's types and sizes, or None: a checkpoint is user input."""
+    def numbers(v, n):
+        return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) for x in v)
+
+    shape, norm = meta["input_shape"], meta["normalization"]
+    if not (isinstance(meta["architecture"], list) and meta["architecture"]
+            and all(isinstance(d, dict) and isinstance(d.get("type"), str) for d in meta["architecture"])):
+        return "architecture: a list of layers expected"
+    if not (isinstance(shape, list) and len(shape) in (1, 3) and all(isinstance(v, int) and v >= 1 for v in shape)):
+        return f"input_shape {shape!r}: [C, H, W] or [features] expected"
+    if not (isinstance(norm, dict) and numbers(norm.get("mean"), shape[0]) and numbers(norm.get("std"), shape[0])):
+        return f"normalization: a mean and a std per channel ({shape[0]}) expected"
+    if not (isinstance(meta["classes"], list) and len(meta["classes"]) >= 2):
+        return "classes: a list of class names expected"
+    if not isinstance(meta["config"], dict):
+        return "config: the run's config expected"
+    return None
 
 
 def load_model(ckpt: Checkpoint):

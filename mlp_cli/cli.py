@@ -32,18 +32,76 @@ def _terminated(_signum, _frame):
     raise _Terminated
 
 
+class _Output:
+    """stdout or stderr that a closed pipe (`mlp-cli train ... | head -2`) or a full disk cannot kill.
+
+    The first failed write points the file descriptor at /dev/null and drops the rest, so the command
+    goes on (a long training run finishes and saves its checkpoints) and Python's own flush at exit
+    stays quiet. A closed pipe is the reader's choice and changes nothing else; any other failure is
+    kept in `lost`, and the command then exits 1 saying that its output was lost.
+    """
+
+    def __init__(self, stream):
+        self.stream, self.dead, self.lost = stream, stream is None, None
+
+    def write(self, text):
+        if not self.dead:
+            try:
+                return self.stream.write(text)
+            except OSError as e:
+                self._drop(e)
+        return len(text)
+
+    def flush(self):
+        if not self.dead:
+            try:
+                self.stream.flush()
+            except OSError as e:
+                self._drop(e)
+
+    def isatty(self):
+        return not self.dead and self.stream.isatty()
+
+    def _drop(self, error: OSError) -> None:
+        self.dead = True
+        if not isinstance(error, BrokenPipeError):
+            self.lost = error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a real file (tests): dropping is enough
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _guard_output() -> list[_Output]:
+    for name in ("stdout", "stderr"):
+        if not isinstance(getattr(sys, name), _Output):
+            setattr(sys, name, _Output(getattr(sys, name)))
+    return [sys.stdout, sys.stderr]
+
+
 def handle_errors(command):
-    """Turn the project's exceptions into one line on stderr and the documented exit code."""
+    """Turn the project's exceptions into one line on stderr and the documented exit code.
+
+    Errors nobody foresaw get one line too: an OSError names its file (exit 1), a MemoryError says
+    how much was asked for (exit 1), anything else says it was unexpected (exit 1).
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from mlp_cli.config import ConfigError
-        from mlp_cli.errors import RuntimeFailure, ShapeError, UsageError
+        from mlp_cli.errors import RuntimeFailure, UsageError
 
+        streams = _guard_output()
         signal.signal(signal.SIGTERM, _terminated)  # what kill, Docker and Slurm send: like Ctrl-C
         try:
-            return command(*args, **kwargs)
-        except (ConfigError, ShapeError, UsageError) as e:
+            result = command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own usage errors and exits
+        except UsageError as e:
             fail(str(e), EXIT_USAGE)
         except RuntimeFailure as e:
             fail(str(e), EXIT_RUNTIME)
@@ -51,8 +109,45 @@ def handle_errors(command):
             fail("interrupted", EXIT_INTERRUPTED)
         except _Terminated:
             fail("interrupted by SIGTERM", EXIT_TERMINATED)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}", EXIT_RUNTIME)
+        except MemoryError as e:
+            fail(f"out of memory: {str(e) or 'an allocation failed'}; use a smaller network, batch or image size",
+                 EXIT_RUNTIME)
+        except Exception as e:  # noqa: BLE001  the last resort: still one line, and honest about it
+            fail(f"unexpected {type(e).__name__}: {e} (if the input does not explain it, it is a bug in mlp-cli: "
+                 "please report it with the command line)", EXIT_RUNTIME)
+        lost = next((s.lost for s in streams if s.lost), None)
+        if lost is not None:
+            fail(f"the output could not be written ({lost.strerror or lost})", EXIT_RUNTIME)
+        return result
 
     return wrapper
+
+
+class OverridesCommand(click.Command):
+    """A command that takes KEY=VALUE config overrides: an unknown option that names a config key
+    (`--epochs 3`) is answered with the override to write instead (`train.epochs=3`)."""
+
+    def parse_args(self, ctx, args):
+        given = list(args)  # click's parser consumes `args`
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            from mlp_cli.config import key_for_option
+
+            key = key_for_option(e.option_name)
+            if key is None:
+                raise
+            value = "VALUE"
+            for i, arg in enumerate(given):
+                if arg.startswith(e.option_name + "="):
+                    value = arg.split("=", 1)[1]
+                elif arg == e.option_name and i + 1 < len(given) and not given[i + 1].startswith("-"):
+                    value = given[i + 1]
+            raise click.NoSuchOption(e.option_name, ctx=ctx, message=(
+                f"No such option: {e.option_name}. Config keys are set as KEY=VALUE overrides: {key}={value}")) from None
 
 
 class _Program(click.Group):
@@ -60,6 +155,10 @@ class _Program(click.Group):
     without the interpreter's exit handlers. libtorch_cuda's take 3-5 s here, which a user would
     wait through after every command, and which would keep a SIGTERM'd run alive past the
     grace period of Docker or Slurm. Everything we write is fsynced and closed by then."""
+
+    def main(self, *args, **kwargs):
+        _guard_output()  # before click prints anything: usage errors and --help too
+        return super().main(*args, **kwargs)
 
     def __call__(self, *args, **kwargs):
         try:
@@ -108,7 +207,7 @@ def _pitfall_warnings(cfg) -> None:
               "with momentum 0.9 use a learning rate about 10 times smaller (e.g. optim.lr=0.01)")
 
 
-@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@main.command(cls=OverridesCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="The run's YAML config (see configs/).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",
@@ -191,14 +290,14 @@ def eval_(checkpoint_path, split, data_root, as_json):
     click.echo(json.dumps(result) if as_json else format_report(result))
 
 
-@main.command()
+@main.command(cls=OverridesCommand)
 @click.option("--input", "input_", metavar="HxWxC", help="One layer: the input size, e.g. 28x28x1 (HxW means one channel).")
 @click.option("--kernel", metavar="K", help="One layer: kernel size K (or KHxKW).")
 @click.option("--stride", metavar="S", help="Stride (default 1 for conv, the kernel size for --pool).")
 @click.option("--padding", metavar="P", default="0", show_default=True, help="Zero padding on each side.")
 @click.option("--dilation", metavar="D", default="1", show_default=True, help="Kernel dilation.")
 @click.option("--filters", type=click.IntRange(min=1), metavar="F", help="Number of filters (output channels) of the conv layer (default 1).")
-@click.option("--ceil-mode", is_flag=True, help="Round the output size up, as PyTorch's pooling ceil_mode=True.")
+@click.option("--ceil-mode", is_flag=True, help="With --pool: round the output size up, as PyTorch's ceil_mode=True.")
 @click.option("--pool", type=click.Choice(["max", "avg"]), is_flag=False, flag_value="max", default=None,
               help="A pooling layer instead of a conv layer (--pool alone means max).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
@@ -237,6 +336,10 @@ def convshape(input_, kernel, stride, padding, dilation, filters, ceil_mode, poo
         from mlp_cli.config import load
 
         cfg = load(config_path, overrides)
+        if cfg.data.dataset == "imagefolder" and cfg.data.image_size is None:
+            from mlp_cli.data import resolve_config  # the size its images share (numpy, only here)
+
+            cfg = resolve_config(cfg)
         input_shape = shapes.dataset_input_shape(cfg.data)
         infos = shapes.resolve(input_shape, [layer.model_dump() for layer in cfg.model.layers])
         report = cs.network_report(input_shape, infos, batch_size or cfg.train.batch_size,
@@ -271,8 +374,8 @@ def convshape(input_, kernel, stride, padding, dilation, filters, ceil_mode, poo
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
               show_default=True, help="Output format.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png",
-              help="Also write one PNG overlaying the runs' validation accuracy curves.")
+@click.option("--plot", "plot_path", metavar="FILE.png",
+              help="Also write a picture overlaying the runs' validation accuracy curves (.png, .pdf, .svg, ...).")
 @handle_errors
 def report(run_dirs, fmt, plot_path):
     """Compare runs: config differences, best validation accuracy, test accuracy, time per epoch.
@@ -286,14 +389,19 @@ def report(run_dirs, fmt, plot_path):
     "config differences" lists, as key=value, the dotted config keys whose values are not
     the same in every run. Accuracies: best validation accuracy and its epoch (metrics.csv),
     test accuracy of best.safetensors (test_metrics.json, "-" if absent); s/epoch is the
-    median wall time of an epoch's training loop. Exit code 2 if a folder is not a run.
+    median wall time of an epoch's training loop. A folder that is not a run is skipped with a
+    warning; exit code 2 if none is a run, or if --plot names a file that cannot be written (checked
+    first; its extension says the format: .png, .pdf, .svg, .jpg, ...).
     """
     from mlp_cli import report as rep
 
-    try:
-        runs = rep.load_runs(run_dirs)
-    except rep.RunDirError as e:
-        fail(str(e), EXIT_USAGE)
+    if plot_path:
+        from mlp_cli.pictures import check_picture_path
+
+        check_picture_path(plot_path, "--plot")
+    runs, skipped = rep.load_runs(run_dirs)
+    for message in skipped:
+        _warn(f"skipped {message}")
     click.echo(rep.FORMATS[fmt](runs))
     sys.stdout.flush()  # the table before the note on stderr, also when both go to one pipe
     if plot_path:
@@ -301,7 +409,7 @@ def report(run_dirs, fmt, plot_path):
         click.echo(f"validation curves of {len(runs)} run{'s' * (len(runs) != 1)} written to {written}", err=True)
 
 
-@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@main.command(cls=OverridesCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="The config whose network to check.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Random examples in the batch.")
@@ -331,10 +439,13 @@ def gradcheck(config_path, batch, samples, threshold, seed, as_json, overrides):
     (naming the layer whose backward is the likely culprit), 2 for an invalid config.
     """
     import json
+    import math
 
     from mlp_cli import config
     from mlp_cli import gradcheck as gc
 
+    if math.isnan(threshold):  # click's range check lets nan through, and every error would then "fail"
+        fail("--threshold nan is not a number; pass a relative error such as 1e-6", EXIT_USAGE)
     cfg = config.load(config_path, overrides)
     result = gc.check_config(cfg, batch=batch, samples=samples, seed=seed, threshold=threshold, source=str(config_path))
     click.echo(json.dumps(gc.config_check_json(result), indent=2) if as_json else gc.format_config_check(result))
@@ -360,17 +471,22 @@ def predict(checkpoint_path, images, top_k, as_json):
     Each image is converted to grayscale or RGB as the network expects, resized (bilinear)
     to its training image size (then center-cropped if the run trained on crops) and
     normalized with the checkpoint's mean and std, as evaluation does.
-    Exit code 1 for an unreadable image or checkpoint, 2 for a checkpoint that does not take images.
+    An unreadable image gets one line on stderr and the others are still predicted; the exit code
+    is then 1 (also for an unreadable checkpoint), 2 for a checkpoint that does not take images.
     """
     import json
 
     from mlp_cli import predict as pr
 
-    try:
-        results = pr.predict_files(checkpoint_path, list(images), top_k=top_k)
-    except pr.NotAnImageModel as e:
-        fail(f"{checkpoint_path}: {e}", EXIT_USAGE)
-    click.echo(json.dumps(results, indent=2) if as_json else pr.format_predictions(results))
+    results, errors = pr.predict_files(checkpoint_path, list(images), top_k=top_k)
+    if results or as_json:
+        click.echo(json.dumps(results, indent=2) if as_json else pr.format_predictions(results))
+    if errors:
+        sys.stdout.flush()  # the predictions before the errors, also when both go to one pipe
+        for message in errors[:-1]:
+            click.echo(f"error: {message}", err=True)
+        fail(errors[-1] if len(errors) == 1 else f"{errors[-1]} ({len(errors)} of {len(images)} images unreadable)",
+             EXIT_RUNTIME)
 
 
 if __name__ == "__main__":

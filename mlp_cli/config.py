@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from mlp_cli.errors import UsageError
+from mlp_cli.shapes import DATASET_SHAPES
 
 DATASETS = ("circles", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 LAYER_TYPES = (
@@ -23,12 +26,31 @@ LAYER_TYPES = (
 )
 
 
-class ConfigError(Exception):
+MAX_CONFIG_BYTES = 2**20
+
+
+class ConfigError(UsageError):
     """An invalid config or override; the CLI prints the message and exits with code 2."""
 
 
+def recorded(info: ValidationInfo) -> bool:
+    """Whether the config being validated is one a run wrote (validate(..., recorded=True))."""
+    return bool(info.context and info.context.get("recorded"))
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
+
+
+def reject_unused(section: BaseModel, prefix: str, keys, why: str, info: ValidationInfo) -> None:
+    """Refuse a value, other than the default, for a key that does not apply: silently ignoring
+    it would let a run differ from what its config says. `why` completes "KEY does not apply: ...".
+    Not for a config a run recorded (`recorded(info)`): those were valid when they ran."""
+    if recorded(info):
+        return
+    for key in keys:
+        if getattr(section, key) != type(section).model_fields[key].default:
+            raise ValueError(f"{prefix}{key} does not apply: {why}; remove it")
 
 
 IntPair = Union[Annotated[int, Field(ge=1)], tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]]
@@ -99,9 +121,12 @@ class Init(Strict):
     bias: Literal["default", "zeros"] = "default"
 
     @model_validator(mode="after")
-    def _std_for_normal(self):
+    def _std_for_normal(self, info: ValidationInfo):
         if self.weight == "normal" and self.std is None:
             raise ValueError("init.weight 'normal' needs init.std (for example std: 0.3)")
+        if self.weight != "normal":
+            reject_unused(self, "model.init.", ["std"],
+                          f"it is the std of weight: normal, and the weights are {self.weight}", info)
         return self
 
 
@@ -136,15 +161,23 @@ class Data(Strict):
     val_size: float = Field(default=0.1, ge=0)  # a count of training examples (>= 1) or a fraction (< 1)
     normalize: bool = True  # per-channel mean/std of the training split
     image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # imagefolder: [H, W]
-    channels: Literal[1, 3] = 3  # imagefolder: 1 grayscale, 3 RGB
+    channels: Literal[1, 3] | None = None  # imagefolder: 1 grayscale, 3 RGB (the default)
     augment: Augment = Augment()
 
     @model_validator(mode="after")
-    def _checks(self):
+    def _checks(self, info: ValidationInfo):
         if self.val_size >= 1 and self.val_size != int(self.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
-        if self.dataset == "imagefolder" and self.image_size is None:
-            raise ValueError("data.image_size is required for imagefolder, for example image_size: [32, 32]")
+        # image_size may stay null for an image folder: the data layer takes the size its images share.
+        if self.dataset != "imagefolder":
+            shape = DATASET_SHAPES[self.dataset]
+            given = (f"{self.dataset} gives {shape[0]} features per example" if len(shape) == 1 else
+                     f"{self.dataset} images are {shape[1]}x{shape[2]} with {shape[0]} channel{'s' * (shape[0] > 1)}")
+            reject_unused(self, "data.", ["image_size", "channels"], f"it is for imagefolder, and {given}", info)
+        if self.dataset == "circles":
+            reject_unused(self, "data.", ["root"], "circles is generated and reads no files", info)
+            reject_unused(self.augment, "data.augment.", ["crop", "crop_padding", "hflip"],
+                          "augmentation is for images, and circles gives 2 features per example", info)
         return self
 
     def resolved_root(self) -> Path:
@@ -173,9 +206,21 @@ class Optim(Strict):
     schedule: Schedule = Schedule()
 
     @model_validator(mode="after")
-    def _nesterov(self):
+    def _nesterov(self, info: ValidationInfo):
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("optim.nesterov needs optim.name: sgd and a momentum above 0")
+        if self.name == "sgd":
+            reject_unused(self, "optim.", ["betas", "eps"], "it is for adam and adamw, and optim.name is sgd", info)
+        else:
+            reject_unused(self, "optim.", ["momentum"],
+                          f"it is for sgd; {self.name} keeps its moments by optim.betas", info)
+        s = self.schedule
+        uses = {"constant": [], "step": ["step_size", "gamma"], "exponential": ["gamma"], "cosine": ["t_max", "eta_min"]}
+        unused = [k for k in ("step_size", "gamma", "t_max", "eta_min") if k not in uses[s.name]]
+        reject_unused(s, "optim.schedule.", unused, f"the {s.name} schedule uses "
+                      + (", ".join(uses[s.name]) if uses[s.name] else "no parameter but warm-up"), info)
+        if s.warmup_epochs == 0:
+            reject_unused(s, "optim.schedule.", ["warmup_start_factor"], "there is no warm-up (warmup_epochs is 0)", info)
         return self
 
 
@@ -193,6 +238,15 @@ class Config(Strict):
     model: Model
     train: Train
     optim: Optim
+
+    @model_validator(mode="after")
+    def _warmup_within_the_run(self, info: ValidationInfo):
+        warmup, epochs = self.optim.schedule.warmup_epochs, self.train.epochs
+        if warmup >= epochs and not recorded(info):
+            raise ValueError(f"optim.schedule.warmup_epochs {warmup} is not shorter than the run (train.epochs "
+                             f"{epochs}): the learning rate would never reach optim.lr; use fewer warm-up epochs "
+                             f"(e.g. optim.schedule.warmup_epochs={max(1, epochs // 5) if epochs > 1 else 0}) or more epochs")
+        return self
 
     def dump(self) -> dict:
         """The resolved config as plain YAML-able data (what config.yaml holds)."""
@@ -223,8 +277,15 @@ def default_cache_dir() -> Path:
 # ----------------------------------------------------------------------------- loading
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    example = "pass a YAML config, e.g. --config configs/mnist_mlp.yaml"
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero must not eat the memory
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES // 2**20} MiB, too large for a config; {example}")
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); {example}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; pass an existing YAML file, e.g. --config configs/mnist_mlp.yaml") from None
     except OSError as e:
@@ -260,35 +321,54 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             raise ConfigError(f"bad override {item!r}: the value {text!r} is not valid YAML; quote strings and use [a, b] for lists") from None
         parts = key.split(".")
         node = raw
-        for i, part in enumerate(parts[:-1]):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                raise ConfigError(f"bad override {item!r}: {'.'.join(parts[:i]) or 'the config'} is not a section")
-            node = node.setdefault(part, {})
-        last = parts[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ConfigError(f"bad override {item!r}: {'.'.join(parts[:-1])} is not a section")
+        for i, part in enumerate(parts):
+            where = ".".join(parts[:i]) or "the config"
+            if isinstance(node, list):
+                if not (part.isdigit() and int(part) < len(node)):
+                    what = "layers" if where == "model.layers" else "items"
+                    raise ConfigError(f"bad override {item!r}: {where} is a list of {len(node)} {what}, so {part!r} "
+                                      f"is not one of them; use an index from 0 to {len(node) - 1}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"bad override {item!r}: {where} is the value {node!r}, not a section with keys")
+            if i == len(parts) - 1:
+                node[part] = value
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                node = node[part]
     return raw
 
 
-def validate(raw: dict, source: str = "config") -> Config:
+def validate(raw: dict, source: str = "config", *, recorded: bool = False) -> Config:
+    """The Config of `raw`, or ConfigError. recorded=True for a config that a run wrote (checkpoint
+    metadata): the rules about keys that do not apply are not applied to it, since it was valid
+    when it ran (older runs recorded data.channels: 3 for every data set, for example)."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"recorded": recorded})
     except ValidationError as e:
         raise ConfigError(_explain(e, raw, source)) from None
 
 
-def load(path: str | Path, overrides=()) -> Config:
-    """Read, override and validate a config file. Raises ConfigError."""
+def load(path: str | Path, overrides=(), *, recorded: bool = False) -> Config:
+    """Read, override and validate a config file (recorded: one a run wrote, see `validate`). Raises ConfigError."""
     raw = read_yaml(path)
     raw = apply_overrides(raw, overrides)
-    return validate(raw, str(path))
+    return validate(raw, str(path), recorded=recorded)
+
+
+def key_for_option(option: str) -> str | None:
+    """The dotted config key an unknown command-line option was probably meant for: --epochs ->
+    train.epochs, --lr -> optim.lr, --batch-size -> train.batch_size (None if nothing is close)."""
+    name = option.lstrip("-").replace("-", "_").lower()
+    name = {"learning_rate": "lr"}.get(name, name)
+    keys = {f"{prefix}.{field}".lstrip("."): field for prefix, model in _MODELS.items() for field in model.model_fields
+            if not isinstance(getattr(model.model_fields[field].annotation, "model_fields", None), dict)}
+    exact = [key for key, field in keys.items() if field == name]
+    if exact:
+        return exact[0]
+    close = difflib.get_close_matches(name, list(keys.values()), n=1, cutoff=0.75)
+    return next(key for key, field in keys.items() if field == close[0]) if close else None
 
 
 # ----------------------------------------------------------------------------- error messages
@@ -333,7 +413,12 @@ def _explain(err: ValidationError, raw: dict, source: str) -> str:
         loc = _layer_loc(item["loc"])
         key = _dotted(loc) or "(top level)"
         kind = item["type"]
-        if kind == "extra_forbidden":
+        size = next((i for i, p in enumerate(loc) if str(p).startswith(("constrained-int", "tuple["))), None)
+        if size is not None:  # an int-or-pair field: one message for both branches of the union
+            key, low = _dotted(loc[:size]), 0 if loc[size - 1] == "padding" else 1
+            lines.append(f"{source}: {key}: expected an integer >= {low} or a pair [h, w] of them "
+                         f"(got {_get(raw, loc[:size])!r})")
+        elif kind == "extra_forbidden":
             parent, name = loc[:-1], str(loc[-1])
             allowed = _allowed_keys(parent, raw)
             hint = difflib.get_close_matches(name, allowed, n=1, cutoff=0.5)

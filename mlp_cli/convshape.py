@@ -97,11 +97,14 @@ def layer_report(height: int, width: int, channels: int, kernel: Sequence[int], 
     """Everything about one conv or pooling layer on an HxWxC input. Raises ShapeError.
 
     `pool` is None (nn.Conv2d), "max" or "avg". Stride None means 1 for conv and the kernel size
-    for pooling (PyTorch's defaults). With ceil_mode on a conv layer, the output follows pooling's
-    ceil_mode rule and a note says that nn.Conv2d has no ceil_mode.
+    for pooling (PyTorch's defaults). ceil_mode is a pooling option: on a conv layer it is a
+    ShapeError, since no nn.Conv2d gives the size it would headline.
     """
     kernel, padding, dilation = tuple(kernel), tuple(padding), tuple(dilation)
     stride = tuple(stride) if stride is not None else (kernel if pool else (1, 1))
+    if ceil_mode and not pool:
+        raise ShapeError("--ceil-mode is an option of pooling layers: nn.Conv2d has no ceil_mode and always rounds "
+                         "the output size down; add --pool max (or avg) for a pooling layer, or drop --ceil-mode")
     notes: list[str] = []
     if pool:
         cls = {"max": "MaxPool2d", "avg": "AvgPool2d"}[pool]
@@ -122,11 +125,6 @@ def layer_report(height: int, width: int, channels: int, kernel: Sequence[int], 
     out_c, oh, ow = info.output_shape
     floor_hw = (shapes.floor_output_size(height, kernel[0], stride[0], padding[0], dilation[0]),
                 shapes.floor_output_size(width, kernel[1], stride[1], padding[1], dilation[1]))
-    if ceil_mode and not pool:
-        oh = shapes.ceil_output_size(height, kernel[0], stride[0], padding[0], dilation[0])
-        ow = shapes.ceil_output_size(width, kernel[1], stride[1], padding[1], dilation[1])
-        notes.append(f"nn.Conv2d has no ceil_mode: PyTorch's conv gives {_pair_str(floor_hw)}; "
-                     f"{_pair_str((oh, ow))} is pooling's ceil_mode rule applied to these numbers")
     seed = (shapes.seed_output_size(height, kernel[0], stride[0], padding[0], dilation[0]),
             shapes.seed_output_size(width, kernel[1], stride[1], padding[1], dilation[1]))
 

@@ -52,13 +52,23 @@ def evaluate_checkpoint(path, split_name: str, *, data_root: str | None = None) 
     """Metrics of a checkpoint on one split, with the data, config and normalization that the
     checkpoint records (`data_root` replaces data.root)."""
     from mlp_cli import checkpoint, config, data
-    from mlp_cli.errors import RuntimeFailure
+    from mlp_cli.errors import CheckpointError, DataError, RuntimeFailure, UsageError
 
     ckpt = checkpoint.load(path)
     model = checkpoint.load_model(ckpt)
-    cfg = config.validate(ckpt.config, f"{path} (its recorded config)")
+    try:
+        cfg = config.validate(ckpt.config, f"{path} (its recorded config)", recorded=True)
+    except config.ConfigError as e:  # a damaged checkpoint, not a usage error
+        raise CheckpointError(str(e).splitlines()[0]) from None
+    if split_name == "val" and cfg.data.val_size == 0:
+        raise UsageError(f"{path}: the run trained without a validation split (data.val_size 0), so there is "
+                         "none to evaluate; use --split test (or --split train)")
     data_cfg = cfg.data if data_root is None else cfg.data.model_copy(update={"root": data_root})
-    split = data.load_splits(data_cfg, cfg.seed, (split_name,))[split_name]
+    try:
+        split = data.load_splits(data_cfg, cfg.seed, (split_name,))[split_name]
+    except DataError as e:
+        e.option = "pass --data-root DIR"  # this command's way of pointing at the data
+        raise
     if list(split.classes) != list(ckpt.classes):
         raise RuntimeFailure(f"the classes of the {split_name} split ({', '.join(map(str, split.classes[:4]))}, ...) "
                              f"differ from the checkpoint's ({', '.join(map(str, ckpt.classes[:4]))}, ...); "

@@ -343,7 +343,10 @@ def check_config(cfg, *, batch: int = 2, samples: int = 12, seed: int = 0, thres
     from mlp_cli.train import build_network
     from mlp_cli.train import check_network as check_shapes
 
-    input_shape, infos = check_shapes(cfg)
+    from mlp_cli.data import resolve_config
+
+    cfg = resolve_config(cfg)  # an image folder without data.image_size: the size of its images
+    input_shape, infos = check_shapes(cfg, batch_size=batch, dtype=np.float64)
     out = infos[-1].output_shape
     if len(out) != 1:
         raise ConfigError(f"invalid config: the network ends with output shape {out}; the loss needs one score "

@@ -34,14 +34,32 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path) -> Path:
+    """Write in the format the file name says (curves.png, ladder.pdf, ...)."""
     from mlp_cli.files import write_atomic
 
     path = Path(path)
+    fmt = path.suffix[1:].lower() or "png"
     try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", facecolor="white"))
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, facecolor="white"))
     finally:
         fig.clear()
     return path
+
+
+def check_picture_path(path, option: str) -> Path:
+    """Before any work: `path` names a format matplotlib writes (by its extension) in a folder that
+    takes a new file; UsageError naming `option` otherwise."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from mlp_cli import system
+    from mlp_cli.errors import UsageError
+
+    path = Path(path)
+    formats = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})  # pgf needs a TeX installation
+    if path.suffix[1:].lower() not in formats:
+        raise UsageError(f"{option} {path}: matplotlib cannot write {'a ' + path.suffix if path.suffix else 'a file without an extension'}; "
+                         f"end the name with one of .{', .'.join(formats)}")
+    return system.check_writable(path, option)
 
 
 def _values(metrics, key) -> np.ndarray:

@@ -10,7 +10,8 @@ Each image goes through the steps the evaluation pipeline applies to a dataset i
 3. scaled to [0, 1] and normalized per channel with the checkpoint's mean and std, in float32, and
    laid out as the NCHW view of channels-last memory that the data pipeline yields.
 
-The network runs in eval mode; probabilities are the softmax of its logits.
+The network runs in eval mode; probabilities are the softmax of its logits. An image that cannot
+be read does not stop the others: it is reported beside the predictions of the rest.
 """
 
 from __future__ import annotations
@@ -20,18 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mlp_cli.data.imagefolder import read_image
 from mlp_cli.data.pipeline import center_crop, normalize
-
-from mlp_cli.errors import RuntimeFailure
+from mlp_cli.errors import UsageError
 
 BATCH = 256
 
 
-class ImageError(RuntimeFailure):
-    """An image file that cannot be opened or decoded (exit code 1)."""
-
-
-class NotAnImageModel(ValueError):
+class NotAnImageModel(UsageError, ValueError):
     """The checkpoint's network does not take images (the CLI exits with code 2)."""
 
 
@@ -45,15 +42,17 @@ class Geometry:
 def geometry(ckpt) -> Geometry:
     """How an image file becomes the network's input, from the checkpoint's metadata."""
     shape = list(ckpt.input_shape)
+    data = ckpt.config.get("data")
+    data = data if isinstance(data, dict) else {}
     if len(shape) != 3:
-        dataset = (ckpt.config or {}).get("data", {}).get("dataset") if isinstance(ckpt.config, dict) else None
+        dataset = data.get("dataset")
         origin = f" ({dataset} data)" if dataset else ""
         raise NotAnImageModel(
             f"this checkpoint's network takes {shape[0] if shape else 0} features per example{origin}, "
             "not images; predict works with checkpoints of image models (input shape [C, H, W])")
     c, h, w = (int(v) for v in shape)
-    data = ckpt.config.get("data", {}) if isinstance(ckpt.config, dict) else {}
-    crop = ((data or {}).get("augment") or {}).get("crop")
+    augment = data.get("augment")
+    crop = augment.get("crop") if isinstance(augment, dict) else None
     if crop:
         try:
             from mlp_cli import shapes
@@ -68,21 +67,10 @@ def geometry(ckpt) -> Geometry:
 
 
 def load_image(path, geo: Geometry) -> np.ndarray:
-    """The image as uint8 (H, W, C) of the network's input size (ImageError if unreadable)."""
-    from PIL import Image, UnidentifiedImageError
+    """The image as uint8 (H, W, C) of the network's input size (DataError naming it if unreadable)."""
+    from PIL import Image
 
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if geo.channels == 1 else "RGB")
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image file") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, ...)") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupted files
-        raise ImageError(f"{path}: cannot read the image ({e})") from None
+    img = read_image(Path(path), "L" if geo.channels == 1 else "RGB")
     th, tw = geo.resize_to
     if img.size != (tw, th):
         img = img.resize((tw, th), Image.BILINEAR)
@@ -100,13 +88,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_files(checkpoint_path, images, *, top_k: int = 3) -> list[dict]:
-    """One result per image: {"image", "class", "index", "top_k": [{"class", "index", "probability"}]}."""
+def predict_files(checkpoint_path, images, *, top_k: int = 3) -> tuple[list[dict], list[str]]:
+    """(results, errors): one result per readable image, {"image", "class", "index", "top_k":
+    [{"class", "index", "probability"}]}, in the given order, and one message per unreadable one."""
     from mlp_cli import checkpoint
+    from mlp_cli.errors import DataError
 
     ckpt = checkpoint.load(checkpoint_path)
-    geo = geometry(ckpt)
-    arrays = np.stack([load_image(p, geo) for p in images]) if images else np.zeros((0, 1, 1, geo.channels), np.uint8)
+    try:
+        geo = geometry(ckpt)
+    except NotAnImageModel as e:
+        raise NotAnImageModel(f"{checkpoint_path}: {e}") from None
+    loaded, errors = [], []
+    for path in images:
+        try:
+            loaded.append((path, load_image(path, geo)))
+        except DataError as e:
+            errors.append(str(e))
+    images = [path for path, _ in loaded]
+    arrays = np.stack([a for _, a in loaded]) if loaded else np.zeros((0, 1, 1, geo.channels), np.uint8)
     model = checkpoint.load_model(ckpt)
     probs = np.concatenate([softmax(model.forward(normalize(arrays[i:i + BATCH], ckpt.normalization)))
                             for i in range(0, len(arrays), BATCH)]) if len(arrays) else np.zeros((0, 0))
@@ -122,7 +122,7 @@ def predict_files(checkpoint_path, images, *, top_k: int = 3) -> list[dict]:
         order = np.argsort(-p, kind="stable")[:k]
         top = [{"class": classes[i], "index": int(i), "probability": float(p[i])} for i in order]
         results.append({"image": str(path), "class": top[0]["class"], "index": top[0]["index"], "top_k": top})
-    return results
+    return results, errors
 
 
 def format_predictions(results: list[dict]) -> str:

@@ -9,6 +9,7 @@ and the median wall time of an epoch's training loop (metrics.csv `seconds`).
 same sequence of layer types; otherwise, when layers were added or removed, the whole stack is one
 key shown in a compact notation (conv32k5p2-bn-relu-max2-...), since per-index keys would shift.
 
+A folder that is not a run is skipped with a warning (a glob such as runs/* often catches one).
 Pure Python except --plot, which imports matplotlib when asked.
 """
 
@@ -22,9 +23,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlp_cli.errors import UsageError
 
-class RunDirError(ValueError):
-    """A path that is not a readable run directory (the CLI exits with code 2)."""
+SECTIONS = ("data", "model", "train", "optim")
+
+
+class RunDirError(UsageError, ValueError):
+    """A path that is not a readable run directory (skipped, or exit code 2 when no run is left)."""
 
 
 @dataclass
@@ -103,10 +108,15 @@ def load_run(path) -> Run:
         raise RunDirError(f"{path}: not a run directory (no config.yaml); pass folders that mlp-cli train created")
     try:
         config = yaml.safe_load(cfg_path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise RunDirError(f"{cfg_path}: cannot read the run's config ({e})") from None
-    if not isinstance(config, dict):
-        raise RunDirError(f"{cfg_path}: the run's config is not a YAML mapping")
+    except OSError as e:
+        raise RunDirError(f"{cfg_path}: cannot read the run's config ({e.strerror or e})") from None
+    except (yaml.YAMLError, ValueError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RunDirError(f"{cfg_path}: malformed YAML{where} ({getattr(e, 'problem', None) or e}); "
+                          "not a config that mlp-cli train wrote") from None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in SECTIONS):
+        raise RunDirError(f"{cfg_path}: not a config that mlp-cli train wrote (sections {', '.join(SECTIONS)} expected)")
     try:
         metrics = read_metrics(path / "metrics.csv")
         if metrics and not {"epoch", "val_acc"} <= set(metrics[0]):
@@ -219,14 +229,23 @@ def _pairs(run: Run) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- output
-def load_runs(paths) -> list[Run]:
-    runs = [load_run(p) for p in paths]
+def load_runs(paths) -> tuple[list[Run], list[str]]:
+    """(the runs of `paths`, a message per path that is not a run); RunDirError if no run is left."""
+    runs, skipped = [], []
+    for path in paths:
+        try:
+            runs.append(load_run(path))
+        except RunDirError as e:
+            skipped.append(str(e))
+    if not runs:
+        raise RunDirError(skipped[0] if len(skipped) == 1 else
+                          f"none of the {len(skipped)} folders is a run directory; the first: {skipped[0]}")
     names = [r.name for r in runs]
     for r in runs:  # two runs with the same folder name: show the parent too
         if names.count(r.name) > 1:
             r.name = f"{r.path.resolve().parent.name}/{r.name}"
     compare(runs)
-    return runs
+    return runs, skipped
 
 
 def _pct(v):

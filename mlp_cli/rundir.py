@@ -373,6 +373,21 @@ def _describe_holder(fd: int) -> str:
     return "pid unknown"
 
 
+def check_creatable(path) -> None:
+    """The cheap checks of `RunDir.create`, for before any data is read: UsageError if `path` is a
+    file or holds a run, SaveError if no folder can be made there (a file or a read-only folder
+    on the way). Writes nothing."""
+    path = Path(path)
+    _refuse_existing(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise _cannot_write(path, OSError(errno.ENOTDIR, "not a folder"), "create the run directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise _cannot_write(path, OSError(errno.EACCES, "permission denied"), "create the run directory")
+
+
 def _refuse_existing(path: Path, locked: bool = False) -> None:
     """UsageError if `path` is a file or holds a run (naming the process when one is writing it)."""
     if path.exists() and not path.is_dir():

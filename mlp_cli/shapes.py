@@ -136,12 +136,6 @@ def floor_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
     return _floor_len(size, kernel, stride, padding, dilation)
 
 
-def ceil_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    """PyTorch's ceil_mode rule alone, without pooling's validity checks (for `convshape --ceil-mode`)."""
-    _check_axis("ceil_mode", kernel, stride, padding, dilation)
-    return _ceil_len(size, kernel, stride, padding, dilation)
-
-
 def seed_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
     """The seed's formula ceil((2p + x - k)/s + 1), with k the dilated kernel d(k-1) + 1.
 
@@ -180,14 +174,19 @@ def dataset_input_shape(data_cfg) -> list[int]:
     if dataset == "imagefolder":
         image_size = _field(data_cfg, "image_size")
         if image_size is None:
-            raise ShapeError("data.image_size is required for imagefolder, for example image_size: [32, 32]")
+            raise ShapeError("data.image_size is not known yet: it is read from the images (data.resolve) "
+                             "or set in the config, for example image_size: [32, 32]")
         h, w = _pair(image_size, "data.image_size")
-        shape = [int(_field(data_cfg, "channels", 3)), h, w]
+        shape = [int(_field(data_cfg, "channels") or 3), h, w]
     elif dataset in DATASET_SHAPES:
         shape = list(DATASET_SHAPES[dataset])
     else:
         raise ShapeError(f"unknown dataset {dataset!r}; allowed: {', '.join([*DATASET_SHAPES, 'imagefolder'])}")
     crop = _field(_field(data_cfg, "augment") or {}, "crop")
+    pad = _field(_field(data_cfg, "augment") or {}, "crop_padding") or 0
+    if len(shape) == 3 and pad > min(shape[1], shape[2]):
+        raise ShapeError(f"data.augment.crop_padding {pad} is more than the {dataset} images' size "
+                         f"({shape[1]}x{shape[2]}): the random crops would be mostly padding; use a few pixels")
     if crop is not None:
         if len(shape) != 3:
             raise ShapeError(f"data.augment.crop applies to images, but {dataset} gives {shape[0]} features per example; remove crop")
@@ -460,3 +459,14 @@ def activation_bytes(input_shape: Sequence[int], infos: Sequence[LayerInfo], bat
     """
     values = _prod(input_shape) + sum(_prod(info.output_shape) for info in infos)
     return values * batch_size * bytes_per_value
+
+
+def training_bytes(input_shape: Sequence[int], infos: Sequence[LayerInfo], batch_size: int, *,
+                   eval_batch_size: int = 0, state_copies: int = 2, bytes_per_value: int = BYTES_PER_FLOAT32) -> int:
+    """A lower bound of the memory training takes: the parameters `state_copies` times (weights,
+    gradients, the optimizer's buffers) and a training batch's activations twice (the outputs the
+    backward pass keeps, and their gradients), or an evaluation batch's once if that is more.
+    Temporary buffers (im2col, the DFT) come on top."""
+    activations = max(2 * activation_bytes(input_shape, infos, batch_size, bytes_per_value),
+                      activation_bytes(input_shape, infos, eval_batch_size, bytes_per_value))
+    return total_params(infos) * state_copies * bytes_per_value + activations

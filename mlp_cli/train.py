@@ -74,13 +74,27 @@ class RunResult:
     test: dict | None
 
 
-def check_network(cfg: Config) -> tuple[list[int], list[shapes.LayerInfo]]:
-    """Shape inference of the config's network, before any data is loaded (ShapeError if it does not fit)."""
+def check_network(cfg: Config, *, batch_size: int | None = None, dtype=np.float32
+                  ) -> tuple[list[int], list[shapes.LayerInfo]]:
+    """Shape inference of the config's network, before any data is loaded or any weight allocated:
+    ShapeError if it does not fit, UsageError if training it (batches of `batch_size`, default
+    train.batch_size, in `dtype`) cannot fit in the memory available."""
+    from mlp_cli import system
+
     input_shape = shapes.dataset_input_shape(cfg.data)
     infos = shapes.resolve(input_shape, [layer.model_dump() for layer in cfg.model.layers])
     classes = NUM_CLASSES.get(cfg.data.dataset)
     if classes is not None:
         check_outputs(infos, classes, cfg.data.dataset)
+    optimizer_buffers = {"sgd": int(cfg.optim.momentum > 0), "adam": 2, "adamw": 2}[cfg.optim.name]
+    needed = shapes.training_bytes(input_shape, infos, batch_size or cfg.train.batch_size,
+                                   eval_batch_size=0 if batch_size else cfg.train.eval_batch_size,
+                                   state_copies=2 + optimizer_buffers, bytes_per_value=np.dtype(dtype).itemsize)
+    biggest = max(infos, key=lambda info: info.params)
+    system.check_memory(
+        needed, f"invalid config: training this network ({shapes.total_params(infos):,} parameters, "
+        f"{biggest.params:,} of them in layer {biggest.index} ({biggest.type}))",
+        "use smaller layers, smaller batches or smaller images")
     return input_shape, infos
 
 
@@ -295,6 +309,10 @@ def start_run(cfg: Config, run_dir, *, console: Console | None = None, on_epoch=
     """Train `cfg` in a new run directory `run_dir`. Raises ConfigError/ShapeError before anything
     is written, UsageError if the folder holds a run or is in use, SaveError if it cannot be
     written, DataError, Divergence, Interrupted."""
+    from mlp_cli import data, rundir
+
+    rundir.check_creatable(run_dir)  # before any file of the data set is read
+    cfg = data.resolve_config(cfg)  # what config.yaml records: the absolute data root, the image size
     check_network(cfg)
     history = [{"from_epoch": 1, "command": command or _command(), "at": _now()}]
     run = RunDir.create(run_dir, {"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
@@ -309,7 +327,7 @@ def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoc
     recorded in history.yaml."""
     import yaml
 
-    from mlp_cli import config
+    from mlp_cli import config, data
 
     console = console or Console()
     run = RunDir.open(run_dir)
@@ -317,7 +335,9 @@ def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoc
         saved = yaml.safe_load(run.read("config.yaml") or b"")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{run.path / 'config.yaml'} is damaged (not a YAML mapping)")
-        cfg = config.validate(config.apply_overrides(saved, overrides), f"{run.path / 'config.yaml'}")
+        cfg = config.validate(config.apply_overrides(saved, overrides), f"{run.path / 'config.yaml'}", recorded=True)
+        if overrides:
+            cfg = data.resolve_config(cfg)  # a moved data.root is recorded absolute, as at the start
         changed = _changes(saved, cfg.dump())
         frozen = [k for k in changed if k.split(".")[0] in FROZEN_ON_RESUME and k not in MOVABLE]
         if frozen:
@@ -412,8 +432,9 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
     architecture = shapes.architecture(infos)
     run_dir = run.path
 
-    splits = data.load_splits(cfg.data, cfg.seed, ("train", "val"))
-    train_split, val_split = splits["train"], splits["val"]
+    # All three splits before the first epoch: a problem with the test data must not wait for the end.
+    splits = data.load_splits(cfg.data, cfg.seed, ("train", "val", "test"))
+    train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
     classes = list(train_split.classes)
     check_outputs(infos, len(classes), cfg.data.dataset)
     norm = data.normalization(train_split, cfg.data)
@@ -521,7 +542,6 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
     if best_path.exists():
         best = checkpoint.load(best_path)
         best_model = checkpoint.load_model(best)
-        test_split = data.load_splits(cfg.data, cfg.seed, ("test",))["test"]
         logits = predict(best_model, test_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
                          augment=cfg.data.augment)
         test = checkpoint_result(best_path, best, "test", metrics_from_logits(logits, test_split.y, len(classes)))

@@ -67,11 +67,13 @@ def test_pooling_keeps_channels_and_has_no_weights():
     assert "PyTorch drops it: 3" in result.stdout
 
 
-def test_ceil_mode_on_a_conv_layer_says_conv_has_none():
-    result = run("--input", "7x7x64", "--kernel", "2", "--stride", "2", "--ceil-mode", "--json")
-    r = json.loads(result.stdout)
-    assert (r["output_height"], r["floor_height"]) == (4, 3)
-    assert any("nn.Conv2d has no ceil_mode" in note for note in r["notes"])
+def test_ceil_mode_on_a_conv_layer_is_a_usage_error():
+    """Issue 11: no nn.Conv2d gives the ceil size, so convshape does not headline it."""
+    for extra in ([], ["--json"]):
+        result = run("--input", "7x7x64", "--kernel", "2", "--stride", "2", "--ceil-mode", *extra)
+        assert result.exit_code == 2 and result.stdout == ""
+        assert "--ceil-mode is an option of pooling layers: nn.Conv2d has no ceil_mode" in result.stderr
+        assert "--pool max" in result.stderr
 
 
 def test_non_square_layer_and_csv():

@@ -125,19 +125,31 @@ def test_text_output_one_line_per_image(tmp_path, gray):
     assert all(line.startswith(str(f)) and "top 4:" in line for line, f in zip(lines, files))  # k capped at 4 classes
 
 
-def test_unreadable_image_exits_1_naming_it(tmp_path, gray):
-    good = save_png(tmp_path / "good.png", np.zeros((8, 8), np.uint8))
-    bad = tmp_path / "notes.png"
-    bad.write_text("not an image")
-    result = run("--checkpoint", gray, good, bad)
-    assert result.exit_code == 1
-    assert "Traceback" not in result.output and str(bad) in result.stderr
-    result = run("--checkpoint", gray, tmp_path / "missing.png")
-    assert result.exit_code == 1 and "missing.png: image file not found" in result.stderr
+def test_unreadable_images_are_named_and_the_others_still_predicted(tmp_path, gray, monkeypatch):
+    """Issue 11: every error Pillow can raise is one line naming the file, and the good images of the
+    same command are predicted (exit 1)."""
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(2)
+    good = [save_png(tmp_path / f"good{i}.png", rng.integers(0, 256, (8, 8), dtype=np.uint8)) for i in range(2)]
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
     truncated = tmp_path / "truncated.png"
-    truncated.write_bytes(good.read_bytes()[:40])
-    result = run("--checkpoint", gray, truncated)
-    assert result.exit_code == 1 and "truncated.png" in result.stderr
+    truncated.write_bytes(good[0].read_bytes()[:40])
+    bomb = save_png(tmp_path / "bomb.png", np.zeros((40, 40), np.uint8))
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 700)  # 1600 pixels > 2 x 700: DecompressionBombError
+    bad = {text: "not an image Pillow can read", truncated: "truncated.png", bomb: "exceeds limit of 1400 pixels",
+           tmp_path / "missing.png": "missing.png: no such file", tmp_path: "a folder, not an image file"}
+    result = run("--checkpoint", gray, good[0], *bad, good[1], "--json")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert [r["image"] for r in json.loads(result.stdout)] == [str(good[0]), str(good[1])]
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(bad)
+    for line, (path, reason) in zip(lines, bad.items()):
+        assert line.startswith(f"error: cannot read the image {path}") and reason in line
+    only_bad = run("--checkpoint", gray, text)
+    assert only_bad.exit_code == 1 and only_bad.stdout == "" and str(text) in only_bad.stderr
 
 
 def test_a_circles_checkpoint_is_a_usage_error(tmp_path):

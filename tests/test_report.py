@@ -68,7 +68,7 @@ def test_five_shipped_configs_one_row_each(five):
 
 
 def test_five_shipped_configs_name_the_differences(five):
-    runs = rep.load_runs(five)
+    runs, _ = rep.load_runs(five)
     diffs = {r.name.split("-")[0]: r.differences for r in runs}
     keys = set(diffs["circles_mlp"])
     # what the shipped configs really change between them
@@ -100,7 +100,7 @@ def test_a_ladder_of_small_changes(tmp_path):
     assert rows["base"].rstrip().endswith("model.layers.0.out_channels=32  optim.lr=0.1")  # config order
     assert "optim.lr=0.05" in rows["lr"] and "model.layers.0.out_channels=32" in rows["lr"]
     assert "model.layers.0.out_channels=64" in rows["wide"]
-    runs = rep.load_runs([base, lr, wide])
+    runs, _ = rep.load_runs([base, lr, wide])
     assert all(set(r.differences) == {"model.layers.0.out_channels", "optim.lr"} for r in runs)
 
 
@@ -152,7 +152,7 @@ def test_plot_writes_one_png_with_one_curve_per_run(five, tmp_path, monkeypatch)
 
 
 def test_bad_run_dirs_exit_2_naming_them(tmp_path, five):
-    result = run_report(five[0], tmp_path / "nope")
+    result = run_report(tmp_path / "nope")
     assert result.exit_code == 2 and "nope: not a run directory" in result.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -161,7 +161,45 @@ def test_bad_run_dirs_exit_2_naming_them(tmp_path, five):
     (five[1] / "metrics.csv").write_text("what,ever\n1,2\n")
     result = run_report(five[1])
     assert result.exit_code == 2 and "metrics.csv" in result.stderr
+    result = run_report(empty, tmp_path / "nope")
+    assert result.exit_code == 2 and "none of the 2 folders is a run directory" in result.stderr
     assert run_report().exit_code == 2  # RUN_DIR is required
+
+
+def test_folders_that_are_not_runs_are_skipped_with_a_warning(tmp_path, five):
+    """Issue 11: `report runs/*` with a stray folder reports the runs and names what it skipped."""
+    stray = {"notes": None, "malformed": "seed: [1, 2\n", "not-ours": "train: 5\n"}
+    for name, text in stray.items():
+        (tmp_path / name).mkdir()
+        if text is not None:
+            (tmp_path / name / "config.yaml").write_text(text)
+    result = run_report(five[0], *(tmp_path / name for name in stray), five[1])
+    assert result.exit_code == 0, result.output
+    assert set(rows_of(result.stdout, five)) == {five[0].name, five[1].name}
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 3 and all(w.startswith("warning: skipped ") for w in warnings)
+    assert "notes: not a run directory (no config.yaml)" in warnings[0]
+    assert "malformed YAML at line 2" in warnings[1] and "not a config that mlp-cli train wrote" in warnings[2]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("missing/x.png", "missing does not exist"),
+    ("runs.yaml/x.png", "is a file, not a folder"),
+    ("ladder.foo", "matplotlib cannot write a .foo; end the name with one of"),
+    ("ladder", "matplotlib cannot write a file without an extension"),
+])
+def test_plot_path_is_checked_before_anything_is_printed(tmp_path, five, name, expected):
+    (tmp_path / "runs.yaml").write_text("a file")
+    result = run_report(*five, "--plot", tmp_path / name)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: --plot ") and expected in result.stderr
+
+
+def test_plot_honours_the_extension(tmp_path, five):
+    for name, magic in (("ladder.jpg", b"\xff\xd8\xff"), ("ladder.pdf", b"%PDF"), ("ladder.svg", b"<?xml")):
+        result = run_report(*five, "--plot", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes().startswith(magic)
 
 
 def test_a_run_without_epochs_yet(tmp_path, five):

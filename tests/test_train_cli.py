@@ -146,8 +146,8 @@ BAD = {
     "unknown layer": ({"model.layers": [{"type": "flatten"}, {"type": "lineer", "out_features": 3}]}, "did you mean 'linear'"),
     "shapes do not fit": ({"model.layers": [{"type": "conv2d", "out_channels": 2, "kernel_size": 3},
                                             {"type": "linear", "out_features": 3}]}, "flatten"),
-    "wrong class count": ({"data.dataset": "mnist", "model.layers": [{"type": "flatten"}, {"type": "linear", "out_features": 7}]},
-                          "10 classes"),
+    "wrong class count": ({"data.dataset": "mnist", "data.image_size": None,
+                           "model.layers": [{"type": "flatten"}, {"type": "linear", "out_features": 7}]}, "10 classes"),
 }
 
 

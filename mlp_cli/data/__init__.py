@@ -12,13 +12,38 @@ pipeline.py. The validation split: split.py.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from mlp_cli.data.pipeline import batches, center_crop, crop_and_flip, normalization, normalize
 from mlp_cli.data.split import Split, split_indices
 
 __all__ = ["Split", "batches", "center_crop", "crop_and_flip", "load_splits",
-           "normalization", "normalize", "split_indices"]
+           "normalization", "normalize", "resolve", "resolve_config", "split_indices"]
 
 SPLITS = ("train", "val", "test")
+
+
+def resolve(data_cfg):
+    """The data section as a run records it, with what it leaves open filled in: the absolute root
+    the files are read from (so that `eval` finds them from any folder or shell, whatever
+    MLP_CLI_DATA says there), and for an image folder its channels and, without data.image_size,
+    the size all its images share (ConfigError when they differ). Circles reads no files."""
+    if data_cfg.dataset == "circles":
+        return data_cfg
+    root = os.path.abspath(data_cfg.resolved_root())
+    update = {"root": root}
+    if data_cfg.dataset == "imagefolder":
+        from mlp_cli.data.imagefolder import common_image_size
+
+        update["channels"] = data_cfg.channels or 3
+        update["image_size"] = data_cfg.image_size or common_image_size(Path(root))
+    return data_cfg.model_copy(update=update)
+
+
+def resolve_config(cfg):
+    """`cfg` with its data section resolved (see `resolve`)."""
+    return cfg.model_copy(update={"data": resolve(cfg.data)})
 
 
 def load_splits(data_cfg, seed: int, splits=SPLITS) -> dict[str, Split]:

@@ -22,7 +22,6 @@ from mlp_cli.data.split import Split
 from mlp_cli.errors import DataError
 
 DOWNLOAD_TIMEOUT = 30.0  # seconds per socket operation, so a blackholed network fails instead of hanging
-HOW_TO_POINT = "set data.root=DIR on the command line or the MLP_CLI_DATA environment variable"
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ def _open(source: Source, root: Path, train: bool):
         ok = True
         return ds
     except Exception as e:
-        raise DataError(_missing_message(source, root, e)) from e
+        raise DataError(_missing_message(source, root, e), f"to a folder that holds {source.folder}/") from e
     finally:
         if not ok:
             _remove_new(tracked, before, top=root / source.folder.split("/")[0])
@@ -131,8 +130,7 @@ def _missing_message(source: Source, root: Path, error: BaseException) -> str:
         state = "the files are there but torchvision rejected them (damaged or a different version?)"
     return (
         f"{source.name} data not found in {root} and the download failed ({_reason(error)}); "
-        f"expected {source.expected.format(d=folder)}; {state}; "
-        f"{HOW_TO_POINT} to a folder that holds {source.folder}/"
+        f"expected {source.expected.format(d=folder)}; {state}"
     )
 
 
