@@ -229,6 +229,9 @@ class Train(Strict):
     batch_size: int = Field(ge=1)
     eval_batch_size: int = Field(default=256, ge=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # Decay of an exponential moving average of the weights and batch-norm statistics, updated every
+    # step; when above 0 the average is what is validated, tested and saved as best.safetensors.
+    ema: float = Field(default=0.0, ge=0, lt=1)
     plots: bool = True  # write curves.png, confusion.png, ... into the run directory
 
 

@@ -211,6 +211,7 @@ class State:
     architecture: list | None = None
     optimizer: dict | None = None
     best: tuple = (None, None, None)  # epoch, validation accuracy, validation loss
+    ema: dict | None = None  # the moving average of the weights (train.ema), if the run keeps one
 
 
 def metrics_csv(rows: list[dict]) -> bytes:
@@ -245,8 +246,10 @@ def read_state(run: RunDir, generation=None) -> State:
                               f"(epoch {info.get('epoch')}) do not belong together")
     if epochs != list(range(1, epoch + 1)):
         raise CheckpointError(f"metrics.csv has rows for {len(rows)} epochs but last.safetensors is epoch {epoch}")
+    ema = {k[len(EMA_PREFIX):]: v for k, v in opt_state.items() if k.startswith(EMA_PREFIX)}
+    opt_state = {k: v for k, v in opt_state.items() if not k.startswith(EMA_PREFIX)}
     return State(epoch, rows, ckpt.state, ckpt.architecture, opt_state,
-                 (info.get("best_epoch"), info.get("best_val_acc"), info.get("best_val_loss")))
+                 (info.get("best_epoch"), info.get("best_val_acc"), info.get("best_val_loss")), ema or None)
 
 
 def _checked_state(run: RunDir, from_epoch: int | None) -> State:
@@ -284,6 +287,7 @@ def _checked_state(run: RunDir, from_epoch: int | None) -> State:
 
 # ----------------------------------------------------------------------------- starting and resuming
 COMMIT_INTERVAL = 1.0  # seconds: the most a kill -9 can cost a run of very short epochs
+EMA_PREFIX = "ema."  # the moving average's tensors in last.optim.safetensors, beside the optimizer's
 FROZEN_ON_RESUME = ("seed", "data", "model")  # they change what the finished epochs mean
 MOVABLE = ("data.root",)  # where the data lives, not what it is
 
@@ -425,7 +429,7 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
     from mlp_cli import data
     from mlp_cli.evaluate import checkpoint_result, evaluate, metrics_from_logits, predict
     from mlp_cli.nn.losses import softmax_cross_entropy
-    from mlp_cli.nn.optim import Optimizer, lr_at
+    from mlp_cli.nn.optim import Optimizer, ema_update, lr_at
     from mlp_cli.nn.parallel import single_threaded_blas
 
     input_shape, infos = check_network(cfg)
@@ -451,6 +455,15 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
                               "a resumed run keeps its model section")
         model.load_state_dict(state.weights)
         optimizer.load_state_dict(state.optimizer)
+    # With train.ema, a second network holds the moving average: it is what is evaluated and saved
+    # as best.safetensors, while the trained weights go on in `model` (and in last.safetensors).
+    ema_decay, evaluated, ema = cfg.train.ema, model, None
+    if ema_decay:
+        live = model.state_dict()
+        ema = state.ema if state.ema is not None else {k: v.copy() for k, v in live.items()}
+        ema_pairs = [(ema[k], live[k]) for k in live]
+        evaluated = build_network(cfg, architecture)
+        evaluated.skip_input_gradient()
     start, rows = state.epoch, list(state.rows)
     best_epoch, best_acc, best_loss = state.best
     epochs = cfg.train.epochs
@@ -484,6 +497,9 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
                         f"(lr {lr:g}); lower the learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}; {where}")
                 model.backward(dlogits)
                 optimizer.step(model.named_params(), model.named_grads(), lr)
+                if ema is not None:
+                    for average, value in ema_pairs:
+                        ema_update(average, value, ema_decay)
                 loss_sum += loss * len(y)
                 correct += int((logits.argmax(axis=1) == y).sum())
                 seen += len(y)
@@ -492,7 +508,9 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
             seconds = time.perf_counter() - started
             bar.close()
 
-            val = evaluate(model, val_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
+            if ema is not None:
+                evaluated.load_state_dict(ema)
+            val = evaluate(evaluated, val_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
                            augment=cfg.data.augment)
             val_acc, val_loss = val["accuracy"], val["loss"]
             improved = is_better(val_acc, val_loss, best_acc, best_loss)
@@ -502,16 +520,20 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
                          "val_loss": "" if val["loss"] is None else f"{val['loss']:.6f}",
                          "val_acc": "" if val_acc is None else f"{val_acc:.6f}", "lr": f"{lr:.8g}",
                          "seconds": f"{seconds:.3f}"})
+            training_state = optimizer.state_dict()
+            if ema is not None:
+                training_state.update({EMA_PREFIX + k: v for k, v in ema.items()})
             files = {
                 "last.safetensors": checkpoint.model_bytes(model, epoch=epoch + 1, **meta),
                 "last.optim.safetensors": checkpoint.training_state_bytes(
-                    optimizer.state_dict(), epoch=epoch + 1,
+                    training_state, epoch=epoch + 1,
                     info={"best_epoch": best_epoch, "best_val_acc": best_acc, "best_val_loss": best_loss}),
                 "metrics.csv": metrics_csv(rows),
                 "test_metrics.json": None,  # belongs to a finished run; this one goes on
             }
             if improved or val_acc is None:
-                files["best.safetensors"] = files["last.safetensors"]
+                files["best.safetensors"] = (files["last.safetensors"] if ema is None else
+                                             checkpoint.model_bytes(evaluated, epoch=epoch + 1, **meta))
             elif pending is not None and "best.safetensors" in pending:
                 files["best.safetensors"] = pending["best.safetensors"]
             pending = files

@@ -280,3 +280,21 @@ def test_cosine_after_warmup_starts_from_torchs_closed_form():
 def test_engine_does_not_import_torch():
     code = "import mlp_cli.nn.optim, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ema_update_equals_torch_ema_lerp():
+    import torch
+
+    from mlp_cli.nn.optim import ema_update
+
+    rng = np.random.default_rng(0)
+    ours = rng.standard_normal((5, 7)).astype(np.float32)
+    theirs = torch.from_numpy(ours.copy())
+    count = np.array(0, np.int64)
+    for step in range(20):
+        value = rng.standard_normal((5, 7)).astype(np.float32)
+        ema_update(ours, value, 0.9)
+        torch._foreach_lerp_([theirs], [torch.from_numpy(value)], 1 - 0.9)  # get_ema_multi_avg_fn(0.9)
+        ema_update(count, np.array(step + 1), 0.9)
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=0, atol=1e-6)
+    assert count == 20  # integer buffers follow the value

@@ -282,3 +282,36 @@ def test_exit_codes_and_output_survive_the_quick_exit_after_torch_was_loaded(arg
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == code, r.stderr
     assert text in getattr(r, stream)
+
+
+def test_ema_is_what_is_validated_and_saved_and_resumes_bit_identically(tmp_path, image_folder):
+    cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder)})
+
+    def weights(run, name):
+        return checkpoint.load(run / name).state
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run("train", "--config", cfg, "--out", straight, "--quiet", "train.ema=0.5").exit_code == 0
+    assert run("train", "--config", cfg, "--out", resumed, "--quiet", "train.ema=0.5", "train.epochs=2").exit_code == 0
+    assert run("train", "--resume", resumed, "--quiet", "train.epochs=4").exit_code == 0
+    for name in ("last.safetensors", "best.safetensors", "last.optim.safetensors"):
+        assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name
+    # The average moves with the trained weights (a decay near 0 follows them, one near 1 stays at the start).
+    near0, near1, plain = tmp_path / "near0", tmp_path / "near1", tmp_path / "plain"
+    for out, decay in ((near0, 1e-9), (near1, 0.999999), (plain, 0.0)):
+        assert run("train", "--config", cfg, "--out", out, "--quiet", "train.epochs=2", f"train.ema={decay}",
+                   "data.val_size=0").exit_code == 0  # no validation: best = the last epoch
+    trained, start = weights(plain, "last.safetensors"), None
+    for k, v in weights(near0, "best.safetensors").items():
+        np.testing.assert_allclose(v, trained[k], rtol=1e-5, atol=1e-6)
+    from mlp_cli import config as config_module
+    from mlp_cli.train import build_network
+
+    ckpt = checkpoint.load(near1 / "best.safetensors")
+    initial = build_network(config_module.validate(ckpt.config, recorded=True), ckpt.architecture).state_dict()
+    for k, v in ckpt.state.items():
+        if v.dtype.kind == "f":
+            np.testing.assert_allclose(v, initial[k], rtol=0, atol=1e-4)
+            assert not np.allclose(trained[k], initial[k], rtol=0, atol=1e-4) or "running" in k or "bias" in k
+    eval_json = json.loads(run("eval", "--checkpoint", straight / "best.safetensors", "--json").output)
+    assert eval_json["accuracy"] == json.loads((straight / "test_metrics.json").read_text())["accuracy"]

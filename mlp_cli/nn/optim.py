@@ -34,6 +34,18 @@ SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
 # ----------------------------------------------------------------------------- update rules
+def ema_update(average: np.ndarray, value: np.ndarray, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * value, in place: an exponential moving average of
+    the weights, as torch.optim.swa_utils.get_ema_multi_avg_fn(decay) computes it (a lerp of the
+    average towards the value with weight 1 - decay). Integer arrays (num_batches_tracked) are copied."""
+    if np.issubdtype(average.dtype, np.integer):
+        average[...] = value
+        return
+    diff = value - average
+    diff *= 1.0 - decay
+    average += diff
+
+
 def sgd_update(param, grad, state: dict, *, lr: float, momentum: float = 0.0,
                nesterov: bool = False, weight_decay: float = 0.0) -> None:
     """One step of torch.optim.SGD (dampening=0, maximize=False), in place.
