@@ -199,7 +199,7 @@ def dataset_input_shape(data_cfg) -> list[int]:
     if cutout is not None and len(shape) == 3 and cutout >= min(shape[1], shape[2]):
         raise ShapeError(f"data.augment.cutout {cutout} is not smaller than the images the network gets "
                          f"({shape[1]}x{shape[2]}{', after the crop' if crop is not None else ''}): it would blank "
-                         f"them whole; use a fraction of the side, e.g. cutout={max(1, min(shape[1], shape[2]) // 2)}")
+                         f"them whole; use a fraction of the side, e.g. data.augment.cutout={max(1, min(shape[1], shape[2]) // 2)}")
     return shape
 
 
