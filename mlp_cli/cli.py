@@ -470,7 +470,8 @@ def predict(checkpoint_path, images, top_k, as_json):
 
     Each image is converted to grayscale or RGB as the network expects, resized (bilinear)
     to its training image size (then center-cropped if the run trained on crops) and
-    normalized with the checkpoint's mean and std, as evaluation does.
+    normalized with the checkpoint's mean and std, as evaluation does (which also averages over
+    the mirror image when the run set data.augment.test_hflip).
     An unreadable image gets one line on stderr and the others are still predicted; the exit code
     is then 1 (also for an unreadable checkpoint), 2 for a checkpoint that does not take images.
     """

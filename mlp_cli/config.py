@@ -153,6 +153,8 @@ class Augment(Strict):
     crop: int | None = Field(default=None, ge=1)  # random crop of this size in training, center crop at eval
     crop_padding: int = Field(default=0, ge=0)  # zero padding around the image before the random crop
     hflip: bool = False
+    cutout: int | None = Field(default=None, ge=1)  # training: zero a square of this side in each image
+    test_hflip: bool = False  # evaluation: average the logits of each image and of its mirror
 
 
 class Data(Strict):
@@ -176,7 +178,7 @@ class Data(Strict):
             reject_unused(self, "data.", ["image_size", "channels"], f"it is for imagefolder, and {given}", info)
         if self.dataset == "circles":
             reject_unused(self, "data.", ["root"], "circles is generated and reads no files", info)
-            reject_unused(self.augment, "data.augment.", ["crop", "crop_padding", "hflip"],
+            reject_unused(self.augment, "data.augment.", ["crop", "crop_padding", "hflip", "cutout", "test_hflip"],
                           "augmentation is for images, and circles gives 2 features per example", info)
         return self
 

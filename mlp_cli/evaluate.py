@@ -7,13 +7,26 @@ import numpy as np
 from mlp_cli.nn.losses import softmax_cross_entropy
 
 
+def forward(model, x: np.ndarray, *, test_hflip: bool = False) -> np.ndarray:
+    """Logits of a batch x (B, C, H, W); with test_hflip (data.augment.test_hflip) the mean of the
+    logits of x and of its horizontal mirror, the test-time counterpart of training on flips."""
+    logits = model.forward(x)
+    if not test_hflip:
+        return logits
+    from mlp_cli.data.pipeline import mirror
+
+    return (logits + model.forward(mirror(x))) / 2
+
+
 def predict(model, split, *, batch_size, normalization, augment):
-    """Logits (N, K) float32 of the network in eval mode, in the split's order (center crops)."""
+    """Logits (N, K) float32 of the network in eval mode, in the split's order (center crops,
+    mirror averaging when augment.test_hflip)."""
     from mlp_cli.data import batches
 
     model.eval()
-    chunks = [model.forward(x) for x, _ in batches(split, batch_size, train=False, rng=None,
-                                                   normalization=normalization, augment=augment)]
+    test_hflip = bool(getattr(augment, "test_hflip", False))
+    chunks = [forward(model, x, test_hflip=test_hflip)
+              for x, _ in batches(split, batch_size, train=False, rng=None, normalization=normalization, augment=augment)]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 

@@ -10,8 +10,9 @@ Each image goes through the steps the evaluation pipeline applies to a dataset i
 3. scaled to [0, 1] and normalized per channel with the checkpoint's mean and std, in float32, and
    laid out as the NCHW view of channels-last memory that the data pipeline yields.
 
-The network runs in eval mode; probabilities are the softmax of its logits. An image that cannot
-be read does not stop the others: it is reported beside the predictions of the rest.
+The network runs in eval mode; probabilities are the softmax of its logits, averaged with the logits
+of the mirrored image when the run set `data.augment.test_hflip` (as evaluation does). An image
+that cannot be read does not stop the others: it is reported beside the predictions of the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from mlp_cli.data.imagefolder import read_image
 from mlp_cli.data.pipeline import center_crop, normalize
 from mlp_cli.errors import UsageError
+from mlp_cli.evaluate import forward
 
 BATCH = 256
 
@@ -39,6 +41,13 @@ class Geometry:
     crop: tuple[int, int] | None  # (H, W) of the center crop after resizing, or None
 
 
+def recorded_augment(ckpt) -> dict:
+    """The data.augment section of the checkpoint's recorded config ({} if it has none)."""
+    data = ckpt.config.get("data")
+    augment = data.get("augment") if isinstance(data, dict) else None
+    return augment if isinstance(augment, dict) else {}
+
+
 def geometry(ckpt) -> Geometry:
     """How an image file becomes the network's input, from the checkpoint's metadata."""
     shape = list(ckpt.input_shape)
@@ -51,8 +60,7 @@ def geometry(ckpt) -> Geometry:
             f"this checkpoint's network takes {shape[0] if shape else 0} features per example{origin}, "
             "not images; predict works with checkpoints of image models (input shape [C, H, W])")
     c, h, w = (int(v) for v in shape)
-    augment = data.get("augment")
-    crop = augment.get("crop") if isinstance(augment, dict) else None
+    crop = recorded_augment(ckpt).get("crop")
     if crop:
         try:
             from mlp_cli import shapes
@@ -108,7 +116,9 @@ def predict_files(checkpoint_path, images, *, top_k: int = 3) -> tuple[list[dict
     images = [path for path, _ in loaded]
     arrays = np.stack([a for _, a in loaded]) if loaded else np.zeros((0, 1, 1, geo.channels), np.uint8)
     model = checkpoint.load_model(ckpt)
-    probs = np.concatenate([softmax(model.forward(normalize(arrays[i:i + BATCH], ckpt.normalization)))
+    test_hflip = bool(recorded_augment(ckpt).get("test_hflip", False))
+    probs = np.concatenate([softmax(forward(model, normalize(arrays[i:i + BATCH], ckpt.normalization),
+                                            test_hflip=test_hflip))
                             for i in range(0, len(arrays), BATCH)]) if len(arrays) else np.zeros((0, 0))
     classes = [str(c) for c in ckpt.classes]
     if probs.size and probs.shape[1] != len(classes):

@@ -168,7 +168,8 @@ def dataset_input_shape(data_cfg) -> list[int]:
 
     circles [2]; mnist, fashion-mnist [1, 28, 28]; cifar10, cifar100 [3, 32, 32]; imagefolder
     [channels, *image_size]. With `augment.crop` set, H and W are the crop size (random crops in
-    training, center crops at evaluation). Accepts the pydantic `Data` model or a plain dict.
+    training, center crops at evaluation), and an `augment.cutout` square must be smaller than them.
+    Accepts the pydantic `Data` model or a plain dict.
     """
     dataset = _field(data_cfg, "dataset")
     if dataset == "imagefolder":
@@ -194,6 +195,11 @@ def dataset_input_shape(data_cfg) -> list[int]:
             raise ShapeError(f"data.augment.crop {crop} is larger than the {dataset} images ({shape[1]}x{shape[2]}); "
                              f"the center crop at evaluation needs crop <= {min(shape[1], shape[2])}")
         shape[1] = shape[2] = int(crop)
+    cutout = _field(_field(data_cfg, "augment") or {}, "cutout")
+    if cutout is not None and len(shape) == 3 and cutout >= min(shape[1], shape[2]):
+        raise ShapeError(f"data.augment.cutout {cutout} is not smaller than the images the network gets "
+                         f"({shape[1]}x{shape[2]}{', after the crop' if crop is not None else ''}): it would blank "
+                         f"them whole; use a fraction of the side, e.g. data.augment.cutout={max(1, min(shape[1], shape[2]) // 2)}")
     return shape
 
 

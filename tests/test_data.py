@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mlp_cli.config import Augment, Data
-from mlp_cli.data import Split, batches, load_splits, normalization, split_indices
+from mlp_cli.data import Split, batches, cutout, load_splits, mirror, normalization, normalize, split_indices
 from mlp_cli.data.circles import make_circles
 from mlp_cli.errors import DataError
 
@@ -150,8 +150,11 @@ def test_eval_is_in_order_and_center_cropped():
     assert np.array_equal(x, split.x)
 
 
-def reference_crops(split, batch_size, seed, crop, pad, hflip):
-    """The training pipeline written the slow way, image by image, drawing the same numbers."""
+def reference_crops(split, batch_size, seed, crop, pad, hflip, holes=None, norm=None):
+    """The training pipeline written the slow way, image by image, drawing the same numbers.
+
+    Returns the order and the uint8 crops; with `holes` (a cutout size), the crops normalized by
+    `norm` and then zeroed image by image in a clipped square around centres drawn after the flips."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(split))
     out = []
@@ -159,13 +162,26 @@ def reference_crops(split, batch_size, seed, crop, pad, hflip):
         index = order[start:start + batch_size]
         b = len(index)
         size = split.x.shape[1] + 2 * pad
-        oy = rng.integers(0, size - crop + 1, b)
-        ox = rng.integers(0, size - crop + 1, b)
+        if crop != split.x.shape[1] or pad or hflip:  # no crop, padding or flip: nothing drawn
+            oy = rng.integers(0, size - crop + 1, b)
+            ox = rng.integers(0, size - crop + 1, b)
+        else:
+            oy = ox = np.zeros(b, int)
         flip = rng.random(b) < 0.5 if hflip else np.zeros(b, bool)
+        crops = []
         for k, i in enumerate(index):
             img = np.pad(split.x[i], ((pad, pad), (pad, pad), (0, 0)))
             img = img[oy[k]:oy[k] + crop, ox[k]:ox[k] + crop]
-            out.append(img[:, ::-1] if flip[k] else img)
+            crops.append(img[:, ::-1] if flip[k] else img)
+        if holes is None:
+            out += crops
+            continue
+        x = normalize(np.stack(crops), norm).transpose(0, 2, 3, 1).copy()  # (B, H, W, C)
+        cy, cx = rng.integers(0, crop, b), rng.integers(0, crop, b)
+        for k in range(b):
+            top, left = cy[k] - holes // 2, cx[k] - holes // 2
+            x[k, max(top, 0):max(top + holes, 0), max(left, 0):max(left + holes, 0)] = 0.0
+        out += list(x)
     return order, np.stack(out)
 
 
@@ -242,3 +258,70 @@ def test_feature_batches():
     assert np.array_equal(np.concatenate([x for x, _ in out]), split.x[order])
     ev = list(batches(split, 150, train=False, rng=None, normalization=norm, augment=Augment()))
     assert np.array_equal(np.concatenate([x for x, _ in ev]), split.x) and [len(y) for _, y in ev] == [150, 50]
+
+
+# ----------------------------------------------------------------------------- cutout
+CIFAR_LIKE = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}  # zero is not a uint8 value after it
+
+
+@pytest.mark.parametrize("crop, pad, hflip, holes", [(6, 2, True, 3), (None, 0, False, 4), (8, 1, True, 7),
+                                                     (5, 0, False, 1)])
+def test_cutout_matches_a_per_image_reference(crop, pad, hflip, holes):
+    split = image_split(n=23, h=8, w=8, c=3, seed=4)
+    out = collect(split, 5, train=True, seed=9, norm=CIFAR_LIKE,
+                  augment=Augment(crop=crop, crop_padding=pad, hflip=hflip, cutout=holes))
+    order, ref = reference_crops(split, 5, 9, crop or 8, pad, hflip, holes=holes, norm=CIFAR_LIKE)
+    assert np.array_equal(np.concatenate([y for _, y in out]), order)
+    got = np.concatenate([x for x, _ in out]).transpose(0, 2, 3, 1)
+    assert got.tobytes() == ref.tobytes()  # bit for bit, +0.0 in the holes
+    zeroed = (got == 0).all(axis=3).sum(axis=(1, 2))
+    assert zeroed.max() <= holes * holes and zeroed.min() >= (holes - holes // 2) ** 2  # whole or clipped squares
+
+
+def test_cutout_is_vectorized_in_place_and_keeps_the_layout():
+    x = np.random.default_rng(0).standard_normal((64, 5, 7, 3)).astype(np.float32).transpose(0, 3, 1, 2)
+    before = x.copy()
+    assert cutout(x, np.random.default_rng(1), 4) is x
+    assert x.transpose(0, 2, 3, 1).flags.c_contiguous
+    draws = np.random.default_rng(1)
+    cy, cx = draws.integers(0, 5, 64), draws.integers(0, 7, 64)  # rows, then columns
+    for k in range(64):
+        r0, c0 = cy[k] - 2, cx[k] - 2
+        expect = before[k].copy()
+        expect[:, max(r0, 0):r0 + 4, max(c0, 0):c0 + 4] = 0
+        assert np.array_equal(x[k], expect)
+    with pytest.raises(ValueError, match="not smaller than the images"):
+        cutout(x, np.random.default_rng(1), 5)
+
+
+def test_batches_without_cutout_are_unchanged_bit_for_bit():
+    """Adding cutout must not move the draws of configs that do not use it: their batches are still,
+    bit for bit, the shuffle-crop-flip definition (the reference draws nothing else)."""
+    split = image_split(n=23, h=8, w=8, c=3, seed=5)
+    for crop, pad, hflip in ((6, 2, True), (None, 0, True), (7, 0, False)):
+        for augment in (Augment(crop=crop, crop_padding=pad, hflip=hflip),
+                        Augment(crop=crop, crop_padding=pad, hflip=hflip, cutout=None, test_hflip=True)):
+            out = collect(split, 5, train=True, seed=3, norm=CIFAR_LIKE, augment=augment)
+            order, ref = reference_crops(split, 5, 3, crop or 8, pad, hflip)
+            assert np.array_equal(np.concatenate([y for _, y in out]), order)
+            expected = np.concatenate([normalize(ref[i:i + 5], CIFAR_LIKE) for i in range(0, len(ref), 5)])
+            assert np.concatenate([x for x, _ in out]).tobytes() == expected.tobytes()
+    # and with cutout, the first batch is the same crops with holes: cutout draws after them
+    plain = collect(split, 23, train=True, seed=3, norm=CIFAR_LIKE, augment=Augment(crop=6, hflip=True))[0][0]
+    holed = collect(split, 23, train=True, seed=3, norm=CIFAR_LIKE, augment=Augment(crop=6, hflip=True, cutout=3))[0][0]
+    kept = holed != 0
+    assert np.array_equal(holed[kept], plain[kept]) and (~kept).all(axis=1).sum() >= 23 * 4
+
+
+def test_evaluation_never_cuts_out_nor_flips():
+    split = image_split(n=11, h=8, w=8, c=3, seed=6)
+    plain = collect(split, 4, train=False, norm=CIFAR_LIKE, augment=Augment(crop=6))
+    with_aug = collect(split, 4, train=False, norm=CIFAR_LIKE, augment=Augment(crop=6, cutout=3, test_hflip=True))
+    assert all(a.tobytes() == b.tobytes() for (a, _), (b, _) in zip(plain, with_aug))
+
+
+def test_mirror_keeps_the_engine_layout():
+    x = normalize(image_split(n=4, h=5, w=6, c=3).x, CIFAR_LIKE)
+    m = mirror(x)
+    assert m.shape == x.shape and m.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert np.array_equal(m, x[:, :, :, ::-1]) and np.array_equal(mirror(m), x)

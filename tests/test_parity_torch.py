@@ -161,3 +161,53 @@ def test_improved_cifar10_net_with_batchnorm_and_ceil_mode():
             layer["ceil_mode"] = True
     rng = np.random.default_rng(5)
     run_both(arch, rng.standard_normal((8, 3, 28, 28)).astype(np.float32), rng.integers(0, 10, 8), steps=2)
+
+
+# ----------------------------------------------------------------------------- cutout and test-time flips
+def torch_cutout(x: torch.Tensor, cy, cx, size: int) -> torch.Tensor:
+    """Cutout as DeVries & Taylor's PyTorch code applies it, a mask multiplied in per image, with the
+    square [c - size // 2, c - size // 2 + size) clipped at the borders."""
+    _, _, h, w = x.shape
+    mask = torch.ones_like(x)
+    for k in range(len(x)):
+        y0, x0 = int(cy[k]) - size // 2, int(cx[k]) - size // 2
+        mask[k, :, max(y0, 0):min(y0 + size, h), max(x0, 0):min(x0 + size, w)] = 0
+    return x * mask
+
+
+def centres(rng, b, h, w):
+    """The centres our cutout draws from `rng`: rows, then columns, uniform over the pixels."""
+    return rng.integers(0, h, b), rng.integers(0, w, b)
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 8])
+def test_cutout_equals_the_torch_definition(size):
+    from mlp_cli.data import cutout
+
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((32, 9, 11, 3)).astype(np.float32).transpose(0, 3, 1, 2)  # the engine's layout
+    theirs = torch_cutout(torch.from_numpy(np.ascontiguousarray(x)), *centres(np.random.default_rng(7), 32, 9, 11), size)
+    ours = cutout(x.copy(), np.random.default_rng(7), size)
+    assert np.array_equal(ours, theirs.numpy())  # exactly (x * 0 may be -0.0 there, equal to our +0.0)
+    assert not np.array_equal(ours, x)
+
+
+def test_test_hflip_equals_torch_flip_averaging():
+    from mlp_cli.data import mirror
+    from mlp_cli.evaluate import forward
+
+    rng = np.random.default_rng(5)
+    arch = [{"type": "Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3, "padding": 1},
+            {"type": "BatchNorm2d", "num_features": 4}, {"type": "ReLU"},
+            {"type": "MaxPool2d", "kernel_size": 2, "stride": 2}, {"type": "Flatten"},
+            {"type": "Linear", "in_features": 4 * 4 * 5, "out_features": 6}]
+    ours = build(arch, rng=rng).eval()
+    theirs = torch_sequential(arch, ours.state_dict()).eval()
+    x = rng.standard_normal((10, 8, 10, 3)).astype(np.float32).transpose(0, 3, 1, 2)
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    assert np.array_equal(mirror(x), torch.flip(xt, dims=[3]).numpy())
+    with torch.no_grad():
+        expected = (theirs(xt) + theirs(torch.flip(xt, dims=[3]))) / 2
+        plain = theirs(xt)
+    close(forward(ours, x, test_hflip=True), expected, "flip-averaged logits")
+    assert (expected - plain).abs().max() > 1e-3  # the flip matters for this net

@@ -116,6 +116,26 @@ def test_crop_runs_take_the_center_crop_of_the_training_size(tmp_path):
                                    rtol=1e-6)
 
 
+def test_runs_with_test_hflip_average_each_image_with_its_mirror(tmp_path):
+    config = {"data": {"dataset": "imagefolder", "augment": {"hflip": True, "test_hflip": True}}}
+    ckpt = make_checkpoint(tmp_path / "tta.safetensors", GRAY_ARCH, [1, 8, 8], GRAY_NORM, CLASSES, config)
+    u8 = np.random.default_rng(4).integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    files = [save_png(tmp_path / f"img{i}.png", u8[i]) for i in range(len(u8))]
+    result = run("--checkpoint", ckpt, *files, "--json", "--top-k", "4")
+    assert result.exit_code == 0, result.output
+    # the mirror built independently, as uint8 images, and the two forward passes averaged here
+    model, norm = checkpoint.load_model(checkpoint.load(ckpt)), GRAY_NORM
+    from mlp_cli.data import normalize
+
+    logits = (model.forward(normalize(u8[..., None], norm)) + model.forward(normalize(u8[:, :, ::-1, None].copy(), norm))) / 2
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected = e / e.sum(axis=1, keepdims=True)
+    got = np.array([[t["probability"] for t in sorted(o["top_k"], key=lambda t: t["index"])]
+                    for o in json.loads(result.stdout)])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert np.abs(got - reference(ckpt, u8[..., None])).max() > 1e-3  # not the plain forward
+
+
 def test_text_output_one_line_per_image(tmp_path, gray):
     files = [save_png(tmp_path / f"d{i}.png", np.full((8, 8), 40 * i, np.uint8)) for i in range(3)]
     result = run("--checkpoint", gray, *files, "--top-k", "9")

@@ -112,6 +112,38 @@ def test_same_seed_gives_identical_weights_and_resume_is_bit_identical(tmp_path,
     assert not np.array_equal(checkpoint.load(other / "last.safetensors").state["0.weight"], a["0.weight"])
 
 
+def test_a_run_with_cutout_and_test_hflip_evaluates_with_flips_everywhere(tmp_path, image_folder):
+    """The recorded config carries test_hflip: validation (metrics.csv), the test metrics and
+    `mlp-cli eval` all average over mirrors, and a plain evaluation gives other numbers."""
+    from mlp_cli.config import validate
+    from mlp_cli.data import load_splits
+    from mlp_cli.evaluate import evaluate
+
+    cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder),
+                                               "data.augment": {"crop": 8, "hflip": True, "cutout": 4, "test_hflip": True}})
+    out = tmp_path / "run"
+    # a slow learning rate: a net still unsure of itself, whose losses show the averaging
+    assert run("train", "--config", cfg, "--out", out, "--quiet", "train.epochs=2", "optim.lr=0.002").exit_code == 0
+    ckpt = checkpoint.load(out / "last.safetensors")
+    c = validate(ckpt.config, recorded=True)
+    assert c.data.augment.test_hflip and c.data.augment.cutout == 4
+    model = checkpoint.load_model(ckpt)
+    splits = load_splits(c.data, c.seed, ("val", "test"))
+
+    def ours(split, test_hflip):
+        return evaluate(model, split, batch_size=256, normalization=ckpt.normalization,
+                        augment=c.data.augment.model_copy(update={"test_hflip": test_hflip}))
+
+    val_loss = float((out / "metrics.csv").read_text().splitlines()[-1].split(",")[3])
+    assert val_loss == pytest.approx(ours(splits["val"], True)["loss"], abs=2e-6)
+    assert val_loss != pytest.approx(ours(splits["val"], False)["loss"], abs=1e-4)
+    r = run("eval", "--checkpoint", out / "last.safetensors", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["loss"] == pytest.approx(ours(splits["test"], True)["loss"], rel=1e-6)
+    best = json.loads(run("eval", "--checkpoint", out / "best.safetensors", "--json").output)
+    assert best["loss"] == pytest.approx(json.loads((out / "test_metrics.json").read_text())["loss"], rel=1e-6)
+
+
 def test_checkpoint_loads_into_pytorch_with_the_same_predictions(tmp_path, image_folder):
     import torch
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mlp_cli.data.pipeline import batches, center_crop, crop_and_flip, normalization, normalize
+from mlp_cli.data.pipeline import batches, center_crop, crop_and_flip, cutout, mirror, normalization, normalize
 from mlp_cli.data.split import Split, split_indices
 
-__all__ = ["Split", "batches", "center_crop", "crop_and_flip", "load_splits",
+__all__ = ["Split", "batches", "center_crop", "crop_and_flip", "cutout", "load_splits", "mirror",
            "normalization", "normalize", "resolve", "resolve_config", "split_indices"]
 
 SPLITS = ("train", "val", "test")

@@ -1,8 +1,8 @@
 """From uint8 images in memory to normalized float32 batches: statistics, augmentation, batching.
 
 Images stay uint8 (N, H, W, C) for the whole run. Each batch is gathered, cropped and flipped in
-one fancy-indexing gather (vectorized over the batch, no loop over images) and normalized in
-float32 as u8 * scale[c] + shift[c]. The engine gets the NCHW view of a channels-last float32
+one fancy-indexing gather (vectorized over the batch, no loop over images), normalized in
+float32 as u8 * scale[c] + shift[c], then cut out (a zeroed square per image, when configured). The engine gets the NCHW view of a channels-last float32
 array (`a.transpose(0, 3, 1, 2)` of a C-contiguous (B, H, W, C) array), the layout its conv
 layers work in.
 """
@@ -117,6 +117,33 @@ def crop_and_flip(images: np.ndarray, rng: np.random.Generator, augment, index: 
     return pixels.take(flat).view(source.dtype).reshape(b, ch, cw, c)
 
 
+def cutout(x: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Cutout (DeVries & Taylor 2017): zero one size x size square, all channels, of each image, in place.
+
+    x: float32 (B, C, H, W), normalized, so zero is the mean colour. Centres (cy, cx) are drawn per
+    image from `rng`, rows then columns, uniformly over the H x W pixels; the square covers rows
+    [cy - size // 2, cy - size // 2 + size) and the same columns, clipped at the borders (so a square
+    near an edge is smaller). The mask comes from broadcast comparisons: no loop over the images.
+    """
+    b, _, h, w = x.shape
+    if size >= h or size >= w:
+        raise ValueError(f"data.augment.cutout {size} is not smaller than the images ({h}x{w})")
+    top = rng.integers(0, h, b) - size // 2
+    left = rng.integers(0, w, b) - size // 2
+    rows, cols = np.arange(h), np.arange(w)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # (B, H)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # (B, W)
+    # copyto writes +0.0 (x * ~mask would leave -0.0 where x < 0) and keeps x's memory layout.
+    np.copyto(x, 0, where=(in_rows[:, :, None] & in_cols[:, None, :])[:, None])
+    return x
+
+
+def mirror(x: np.ndarray) -> np.ndarray:
+    """The horizontal mirror of float32 (B, C, H, W) images, in the layout the engine gets: the NCHW
+    view of a C-contiguous (B, H, W, C) array (x itself may be any view)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)[:, :, ::-1]).transpose(0, 3, 1, 2)
+
+
 def center_crop(images: np.ndarray, size: int | None) -> np.ndarray:
     """uint8 (B, H, W, C) -> the central (B, size, size, C) window, a view.
 
@@ -140,7 +167,8 @@ def batches(split: Split, batch_size: int, *, train: bool, rng: np.random.Genera
     Images: x float32 (B, C, H, W), the NCHW view of a C-contiguous (B, H, W, C) array.
     Features (circles): x float32 (B, D).
     train=True: order from rng.permutation, then per batch the random crops and flips of `augment`
-    (see crop_and_flip), all drawn from `rng`. train=False: in order, no randomness, center crop to
+    (see crop_and_flip) and, after normalization, its cutout squares (see cutout), all drawn from
+    `rng` in that order, so a config without cutout draws exactly what it drew before cutout existed. train=False: in order, no randomness, center crop to
     augment.crop when set. `normalization` is the dict of `normalization()` (None: identity).
     """
     if batch_size < 1:
@@ -161,6 +189,7 @@ def batches(split: Split, batch_size: int, *, train: bool, rng: np.random.Genera
         return
     crop = getattr(augment, "crop", None)
     augmenting = train and bool(crop or getattr(augment, "crop_padding", 0) or getattr(augment, "hflip", False))
+    holes = getattr(augment, "cutout", None) if train else None
     scale, shift = _scale_shift(normalization, split.x.shape[3], image=True)  # once, not per batch
     for start in range(0, n, batch_size):
         if train:
@@ -170,4 +199,7 @@ def batches(split: Split, batch_size: int, *, train: bool, rng: np.random.Genera
         else:
             u8 = center_crop(split.x[start:start + batch_size], crop)
             y = split.y[start:start + batch_size]
-        yield _normalize(u8, scale, shift), y
+        x = _normalize(u8, scale, shift)
+        if holes:
+            cutout(x, rng, holes)
+        yield x, y
