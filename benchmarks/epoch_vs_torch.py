@@ -14,14 +14,17 @@ each and the ratio mlp-cli / PyTorch (below 1: mlp-cli is faster).
 dataset is needed; `--data real` loads the config's data.
 
 `--train-torch` trains the whole recipe in PyTorch instead (all epochs, the config's schedule,
-the same batches as mlp-cli would draw) and reports the test accuracy of the epoch with the best
-validation accuracy: the reference that mlp-cli's own run of the config is compared with.
+the same batches as mlp-cli would draw, crops, flips and cutout included; label smoothing,
+train.ema and data.augment.test_hflip done the same way in torch) and reports the test accuracy
+of the epoch with the best validation accuracy: the reference that mlp-cli's own run of the
+config is compared with.
 Run it alone: another CPU-heavy process makes every timing meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import platform
 import statistics
@@ -85,7 +88,19 @@ def torch_optimizer(net, cfg):
     return cls(net.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
 
-def torch_epoch(net, opt, split, cfg, norm, epoch):
+def torch_ema_update(ema_net, net, decay):
+    """mlp-cli's train.ema in torch: every float parameter and buffer lerped towards the trained
+    one with weight 1 - decay after each step (the average starts as the initial weights)."""
+    with torch.no_grad():
+        for avg, cur in zip(list(ema_net.parameters()) + list(ema_net.buffers()),
+                            list(net.parameters()) + list(net.buffers())):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur, 1 - decay)
+            else:
+                avg.copy_(cur)
+
+
+def torch_epoch(net, opt, split, cfg, norm, epoch, ema_net=None):
     lr = lr_at(epoch, cfg.optim.lr, cfg.optim.schedule, cfg.train.epochs)  # equal to torch's schedulers
     for group in opt.param_groups:
         group["lr"] = lr
@@ -98,15 +113,25 @@ def torch_epoch(net, opt, split, cfg, norm, epoch):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema_net is not None:
+            torch_ema_update(ema_net, net, cfg.train.ema)
     return time.perf_counter() - start
 
 
 def torch_logits(net, split, cfg, norm):
+    """Eval-mode logits; with data.augment.test_hflip the mean of the image's and its mirror's."""
     net.eval()
+    flip = getattr(cfg.data.augment, "test_hflip", False)
+    out = []
     with torch.no_grad():
-        return np.concatenate([net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-                               for x, _ in batches(split, cfg.train.eval_batch_size, train=False, rng=None,
-                                                   normalization=norm, augment=cfg.data.augment)])
+        for x, _ in batches(split, cfg.train.eval_batch_size, train=False, rng=None, normalization=norm,
+                            augment=cfg.data.augment):
+            xt = torch.from_numpy(np.ascontiguousarray(x))
+            logits = net(xt)
+            if flip:
+                logits = (logits + net(torch.flip(xt, dims=[3]))) / 2
+            out.append(logits.numpy())
+    return np.concatenate(out)
 
 
 def setup(cfg):
@@ -156,11 +181,14 @@ def train_torch(cfg):
     norm = normalization(splits["train"], cfg.data)
     _, net = setup(cfg)
     opt = torch_optimizer(net, cfg)
+    ema_net = copy.deepcopy(net) if cfg.train.ema else None
+    evaluated = ema_net if ema_net is not None else net
     best = (-1.0, math.inf, None)
     for epoch in range(cfg.train.epochs):
-        seconds = torch_epoch(net, opt, splits["train"], cfg, norm, epoch)
-        val = metrics_from_logits(torch_logits(net, splits["val"], cfg, norm), splits["val"].y, len(splits["val"].classes))
-        test = metrics_from_logits(torch_logits(net, splits["test"], cfg, norm), splits["test"].y,
+        seconds = torch_epoch(net, opt, splits["train"], cfg, norm, epoch, ema_net)
+        val = metrics_from_logits(torch_logits(evaluated, splits["val"], cfg, norm), splits["val"].y,
+                                  len(splits["val"].classes))
+        test = metrics_from_logits(torch_logits(evaluated, splits["test"], cfg, norm), splits["test"].y,
                                    len(splits["test"].classes))
         if (val["accuracy"], -val["loss"]) > (best[0], -best[1]):
             best = (val["accuracy"], val["loss"], (epoch + 1, test["accuracy"]))
