@@ -3,6 +3,7 @@
     python benchmarks/vs_torch.py                          # every case, 3 epochs a process, 2 rounds
     python benchmarks/vs_torch.py --cases lenet5,mlp --epochs 5 --rounds 3
     python benchmarks/vs_torch.py --cifar-examples 0       # whole CIFAR-10 epochs (45,000 images)
+    taskset -c 1 python benchmarks/vs_torch.py --threads 1 --cases mlp   # one core, one thread a side
 
 For each case the two sides run alternately (mlp-cli, PyTorch, mlp-cli, PyTorch, ... for
 `--rounds` rounds), each in a new Python process that trains `--epochs` epochs, so neither
@@ -17,7 +18,8 @@ the median time per training example over all epochs of all rounds (below 1: mlp
   (mlp_cli.interop), the same optimizer settings and learning rate, batch size and number of
   examples; the train split normalized (and center-cropped where the config crops) into one
   float32 tensor in memory beforehand, then a plain loop: shuffle, index a batch, forward,
-  cross-entropy, backward, step. torch.set_num_threads(2).
+  cross-entropy, backward, step. torch.set_num_threads(--threads), MLP_CLI_THREADS=--threads on
+  our side (2 by default).
 - "eval": the 10,000 test images through the CIFAR-10 net, mlp-cli's evaluation (batching and
   normalization included, as `mlp-cli eval` does) against PyTorch's forward under
   torch.no_grad() on a pre-normalized tensor; eval_batch_size of the config on both sides.
@@ -172,7 +174,7 @@ def theirs(case, epochs, cifar_examples):
     from mlp_cli.nn.optim import lr_at
     from mlp_cli.train import build_network, check_network
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ["MLP_CLI_THREADS"]))
     setup_data(case, cifar_examples)
     cfg = load_config(case, epochs)
     splits = load_splits(cfg.data, cfg.seed, ("train", "test") if case == "eval" else ("train",))
@@ -247,7 +249,8 @@ def child(args):
 def run_child(side, case, args):
     cmd = [sys.executable, __file__, "--side", side, "--case", case, "--epochs", str(args.epochs),
            "--cifar-examples", str(args.cifar_examples)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "MLP_CLI_THREADS": str(args.threads)}  # both sides: see theirs()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith(RESULT)]
     if out.returncode != 0 or not lines:
         sys.exit(f"{side} side of {case} failed:\n{out.stderr[-3000:]}")
@@ -261,6 +264,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="processes per side, alternating")
     parser.add_argument("--cifar-examples", type=int, default=10000,
                         help="training images per epoch in the CIFAR cases (0: the whole 45,000)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of each side (MLP_CLI_THREADS, torch)")
     parser.add_argument("--side", choices=["ours", "theirs", "peak"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -275,7 +279,7 @@ def main():
 
     peak = run_child("peak", "", args)
     print(f"{platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}; {args.epochs} epochs x {args.rounds} "
-          f"rounds per side; float32 matmul peak (2 threads): numpy {peak['numpy']:.0f} GFLOP/s, "
+          f"rounds per side, {args.threads} thread(s) a side; float32 matmul peak (2 threads): numpy {peak['numpy']:.0f} GFLOP/s, "
           f"torch {peak['torch']:.0f} GFLOP/s", flush=True)
     header = (f"{'case':15s} {'ratio':>6s} {'mlp-cli s':>10s} {'torch s':>8s} {'mlp-cli us/ex':>13s} "
               f"{'torch us/ex':>11s} {'mlp-cli GF/s':>12s} {'torch GF/s':>10s}")
