@@ -105,6 +105,65 @@ def test_resume_is_bit_identical(kind):
         assert np.array_equal(value, saved_copy[key]), key
 
 
+def _flat_problem(dtype, seed=0, steps=6):
+    """Parameters and gradients as consecutive views of one array each (model.build's layout)."""
+    params, grads = _problem(seed, steps)
+    total = sum(v.size for v in params.values())
+    flat_p, flat_g = np.empty(total, dtype), np.empty(total, dtype)
+    views_p, views_g, offset = {}, {}, 0
+    for k, v in params.items():
+        views_p[k] = flat_p[offset:offset + v.size].reshape(v.shape)
+        views_p[k][...] = v
+        views_g[k] = flat_g[offset:offset + v.size].reshape(v.shape)
+        offset += v.size
+    return views_p, views_g, [{k: g.astype(dtype) for k, g in step.items()} for step in grads]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", [k for k in OPTIMIZERS if k.startswith("sgd")])
+def test_flat_sgd_equals_per_parameter_update_bit_for_bit(kind, dtype):
+    """The whole-buffer SGD step (parameters and gradients views of two arrays) gives exactly the
+    numbers of the per-parameter loop, including across a state_dict round trip."""
+    hyper = OPTIMIZERS[kind]
+    flat_p, flat_g, grads = _flat_problem(dtype)
+    plain_p = {k: v.copy() for k, v in flat_p.items()}  # separate arrays: the per-parameter loop
+    flat, plain = make_optimizer(**hyper), make_optimizer(**hyper)
+    for i, (lr, g) in enumerate(zip(_lrs(len(grads), hyper["lr"]), grads)):
+        if i == 3:  # resume both from their checkpointed state
+            for opt in (flat, plain):
+                opt.load_state_dict(opt.state_dict())
+        for k in flat_g:
+            flat_g[k][...] = g[k]
+        flat.step(flat_p, flat_g, lr)
+        plain.step(plain_p, g, lr)
+        for k in flat_p:
+            assert np.array_equal(flat_p[k], plain_p[k]), (i, k)
+        a, b = flat.state_dict(), plain.state_dict()
+        assert a.keys() == b.keys()
+        assert all(a[k].shape == b[k].shape and np.array_equal(a[k], b[k]) for k in a)
+    for k, g in grads[-1].items():  # the gradients stay the loss gradients
+        assert np.array_equal(flat_g[k], g)
+    if hyper.get("momentum"):  # the whole-buffer path was the one taken
+        buffers = [flat.state[k]["momentum_buffer"] for k in flat_p]
+        assert buffers[0].base is not None and all(b.base is buffers[0].base for b in buffers)
+
+
+def test_build_lays_parameters_and_gradients_out_flat():
+    """model.build: parameters views of one array, gradients of another, and backward writes into them."""
+    from mlp_cli.nn.model import build
+    from mlp_cli.nn.optim import _common_buffer
+
+    net = build([{"type": "Linear", "in_features": 5, "out_features": 4, "bias": True}, {"type": "Tanh"},
+                 {"type": "Linear", "in_features": 4, "out_features": 3, "bias": True}])
+    params, grads = net.named_params(), net.named_grads()
+    assert _common_buffer(list(params.values())) is not None
+    assert _common_buffer([grads[k] for k in params]) is not None
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    net.backward(np.ones((6, 3), np.float32) + 0 * net.forward(x))
+    assert all(net.named_grads()[k] is grads[k] for k in grads)
+    assert np.allclose(grads["2.bias"], 6)
+
+
 def test_state_dict_names_and_types():
     params, grads = _problem(steps=1)
     adam = make_optimizer("adam", lr=1e-3)

@@ -70,6 +70,16 @@ class Layer:
     def backward(self, dout: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _set_grad(self, name, parts):
+        """grads[name] = the ordered sum of `parts` (partial sums over batch ranges). An existing
+        gradient array of that shape is written in place: it may be a view of the network's one
+        flat gradient buffer (model.build), which the optimizer updates from in whole passes."""
+        grad = self.grads.get(name)
+        if grad is not None and grad.shape == parts[0].shape and grad.dtype == parts[0].dtype:
+            ordered_sum(parts, out=grad)
+        else:
+            self.grads[name] = ordered_sum(parts)
+
     def _scratch(self, name, shape, dtype, zero=False):
         """A buffer kept between calls (never handed out), so big arrays are not re-allocated
         and page-faulted in every step. A zeroed buffer stays zero where it is never written."""
@@ -123,16 +133,20 @@ class Linear(Layer):
         """
         weight, x = self.params["weight"], self.x
         dx = np.empty(x.shape, dout.dtype) if self.needs_input_grad else None
+        grad = self.grads.get("weight")
+        if grad is not None and (grad.shape != weight.shape or grad.dtype != dout.dtype):
+            grad = None
 
         def run(b0, b1):
             if dx is not None:
                 np.matmul(dout[b0:b1], weight, out=dx[b0:b1])
-            return dout[b0:b1].T @ x[b0:b1], dout[b0:b1].sum(axis=0)
+            whole = grad is not None and b1 - b0 == len(x)  # one range: its product is the gradient
+            return np.matmul(dout[b0:b1].T, x[b0:b1], out=grad if whole else None), dout[b0:b1].sum(axis=0)
 
         parts = over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
-        self.grads["weight"] = ordered_sum([p[0] for p in parts])
+        self._set_grad("weight", [p[0] for p in parts])
         if "bias" in self.params:
-            self.grads["bias"] = ordered_sum([p[1] for p in parts])
+            self._set_grad("bias", [p[1] for p in parts])
         return dx
 
 
@@ -250,9 +264,9 @@ class Conv2d(Layer):
             return grad_block, dh[b0:b1].sum(axis=(0, 1, 2))
 
         parts = over_batch(run, N, dmixed.size, uses_blas=True)
-        self.grads["weight"] = plan.weight_grad(ordered_sum([p[0] for p in parts]))
+        self._set_grad("weight", [plan.weight_grad(ordered_sum([p[0] for p in parts]))])
         if "bias" in self.params:
-            self.grads["bias"] = ordered_sum([p[1] for p in parts])
+            self._set_grad("bias", [p[1] for p in parts])
         self.spectrum = self.block = None
         return dx
 
@@ -323,9 +337,9 @@ class Conv2d(Layer):
             return grad_T, grad_b
 
         parts = over_batch(run, N, rows2d.size, uses_blas=True)
-        self.grads["weight"] = bandconv.fold(ordered_sum([p[0] for p in parts]), weight.shape, self.band, sw, dil_w)
+        self._set_grad("weight", [bandconv.fold(ordered_sum([p[0] for p in parts]), weight.shape, self.band, sw, dil_w)])
         if "bias" in self.params:
-            self.grads["bias"] = ordered_sum([p[1] for p in parts]).reshape(self.band, -1).sum(axis=0)
+            self._set_grad("bias", [ordered_sum([p[1] for p in parts]).reshape(self.band, -1).sum(axis=0)])
         self.rows = self.T = None
         return None if dxp is None else dxp[:, ph:ph + H, pw:pw + W, :]
 
@@ -386,9 +400,9 @@ class Conv2d(Layer):
             return grad_w, grad_b
 
         parts = over_batch(run, N, cols2d.size, uses_blas=True)
-        self.grads["weight"] = ordered_sum([p[0] for p in parts]).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+        self._set_grad("weight", [ordered_sum([p[0] for p in parts]).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)])
         if "bias" in self.params:
-            self.grads["bias"] = ordered_sum([p[1] for p in parts])
+            self._set_grad("bias", [p[1] for p in parts])
         self.cols = None
         return None if dxp is None else dxp[:, ph:ph + H, pw:pw + W, :]
 
@@ -693,9 +707,9 @@ class _BatchNorm(Layer):
         """dout: (M, C) -> dx: (M, C); grads weight and bias (C,)."""
         gamma = self.params["weight"]
         if self.centered is None:  # eval mode: an affine map
-            self.grads["bias"] = dout.sum(axis=0)
+            self._set_grad("bias", [dout.sum(axis=0)])
             xhat = (self.x2d - self.buffers["running_mean"]) / np.sqrt(self.buffers["running_var"] + self.eps)
-            self.grads["weight"] = (dout * xhat).sum(axis=0)
+            self._set_grad("weight", [(dout * xhat).sum(axis=0)])
             return dout * self.eval_scale
         centered, inv_std, (M, C) = self.centered, self.inv_std, dout.shape
         k = centered.shape[1] // C
@@ -711,7 +725,8 @@ class _BatchNorm(Layer):
         parts = over_batch(sums, len(dout_w), dout.size)
         dbeta = _fold(ordered_sum([p[0] for p in parts]), C)
         dgamma = _fold(ordered_sum([p[1] for p in parts]), C) * inv_std
-        self.grads["bias"], self.grads["weight"] = dbeta, dgamma
+        self._set_grad("bias", [dbeta])
+        self._set_grad("weight", [dgamma])
         # d/dx of gamma * (x - mean) / std with mean and std taken over the same batch:
         # dx = gamma / std * (dout - mean(dout) - xhat * mean(dout * xhat))
         scale = gamma * inv_std

@@ -137,4 +137,26 @@ def build(architecture: list[dict], *, rng: np.random.Generator | None = None, w
             if "bias" in layer.params:
                 layer.params["bias"][...] = initializers.init_bias(w.shape, bias_init, rng, dtype)
         layers.append(layer)
-    return Sequential(layers)
+    return _flatten(Sequential(layers))
+
+
+def _flatten(model: Sequential) -> Sequential:
+    """Make every parameter a view of one contiguous array, and every gradient a view of a second
+    one laid out alike (layers write their gradients in place), so the optimizer can update the
+    whole network in a few passes over two arrays instead of several small calls per parameter
+    (optim.Optimizer.step). Names, shapes and values do not change."""
+    params = model.named_params()
+    if not params or len({p.dtype for p in params.values()}) != 1:
+        return model
+    dtype = next(iter(params.values())).dtype
+    total = sum(p.size for p in params.values())
+    flat_params, flat_grads = np.empty(total, dtype), np.zeros(total, dtype)
+    offset = 0
+    for layer in model.layers:
+        for name, p in layer.params.items():
+            view = flat_params[offset:offset + p.size].reshape(p.shape)
+            view[...] = p
+            layer.params[name] = view
+            layer.grads[name] = flat_grads[offset:offset + p.size].reshape(p.shape)
+            offset += p.size
+    return model

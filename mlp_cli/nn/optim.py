@@ -47,10 +47,11 @@ def ema_update(average: np.ndarray, value: np.ndarray, decay: float) -> None:
 
 
 def sgd_update(param, grad, state: dict, *, lr: float, momentum: float = 0.0,
-               nesterov: bool = False, weight_decay: float = 0.0) -> None:
+               nesterov: bool = False, weight_decay: float = 0.0, scratch=None) -> None:
     """One step of torch.optim.SGD (dampening=0, maximize=False), in place.
 
-    param, grad: arrays of the same shape. With momentum > 0, state holds
+    param, grad: arrays of the same shape; `scratch`, when given, an array of that shape and
+    dtype that takes the intermediate values instead of fresh arrays. With momentum > 0, state holds
     "momentum_buffer" (same shape as param), created on the first call as a copy of the
     (weight-decayed) gradient, as torch does. With momentum == 0, state stays empty.
 
@@ -63,7 +64,7 @@ def sgd_update(param, grad, state: dict, *, lr: float, momentum: float = 0.0,
     owned = False  # whether g is a scratch array this call may overwrite
     if weight_decay != 0:
         # A fresh array: the caller's grad must stay the pure loss gradient.
-        g = np.multiply(param, weight_decay)
+        g = np.multiply(param, weight_decay, out=scratch)
         g += grad
         owned = True
     else:
@@ -84,8 +85,8 @@ def sgd_update(param, grad, state: dict, *, lr: float, momentum: float = 0.0,
     if owned:
         g *= -lr
         param += g
-    else:
-        param += np.multiply(g, -lr, dtype=param.dtype)
+    else:  # g is grad or buf, so scratch is free
+        param += np.multiply(g, -lr, dtype=param.dtype, out=scratch)
 
 
 def adam_update(param, grad, state: dict, *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
@@ -184,6 +185,7 @@ class Optimizer:
         self.eps = float(cfg_optim.eps)
         self.state: dict[str, dict] = {}
         self._check_state = False
+        self._flat_key, self._flat = None, None  # the arrays last updated as whole buffers: _flat_sgd
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
         """Update every array of `params` in place from the same-named array of `grads`."""
@@ -192,6 +194,8 @@ class Optimizer:
             raise KeyError(f"no gradient for parameter(s) {', '.join(sorted(missing))}")
         if self._check_state:
             self._adopt_loaded_state(params)
+        if self.name == "sgd" and self._flat_sgd(params, grads, lr):
+            return
         for name, param in params.items():
             state = self.state.setdefault(name, {})
             if self.name == "sgd":
@@ -201,6 +205,44 @@ class Optimizer:
                 adam_update(param, grads[name], state, lr=lr, betas=self.betas, eps=self.eps,
                             weight_decay=self.weight_decay,
                             decoupled_weight_decay=self.name == "adamw")
+
+    def _flat_sgd(self, params, grads, lr) -> bool:
+        """The SGD step as one `sgd_update` over whole buffers, when the parameters are
+        consecutive views of one array and the gradients of another laid out alike (as
+        model.build makes them); False (nothing done) otherwise. Every element goes through the
+        same operations as in the per-parameter loop, so the result is the same to the bit; the
+        momentum buffers become views of one flat buffer too (state_dict() is unchanged)."""
+        names = list(params)
+        buffers = [self.state.get(n, {}).get("momentum_buffer") for n in names]
+        arrays = [*params.values(), *(grads[n] for n in names), *buffers]
+        if self._flat_key is None or len(arrays) != len(self._flat_key) or \
+                any(a is not b for a, b in zip(arrays, self._flat_key)):
+            # A new network, or the state was loaded: check the layout again.
+            flat = _common_buffer(list(params.values())), _common_buffer([grads[n] for n in names])
+            if flat[0] is None or flat[1] is None or flat[0].dtype != flat[1].dtype:
+                return False
+            if all(b is None for b in buffers):
+                state = {}
+            elif all(b is not None for b in buffers):
+                buffer = _common_buffer(buffers)
+                if buffer is None:  # loaded from a checkpoint: gathered once
+                    buffer = np.concatenate([b.reshape(-1) for b in buffers]).astype(flat[0].dtype, copy=False)
+                state = {"momentum_buffer": buffer}
+            else:
+                return False
+            self._flat = (*flat, state, np.empty_like(flat[0]))
+        flat_params, flat_grads, state, scratch = self._flat
+        sgd_update(flat_params, flat_grads, state, lr=lr, momentum=self.momentum, nesterov=self.nesterov,
+                   weight_decay=self.weight_decay, scratch=scratch)
+        buffer = state.get("momentum_buffer")
+        if buffer is not None and (buffers[0] is None or buffers[0].base is not buffer):
+            offset = 0
+            for name, param in params.items():  # per-parameter views of the (new) flat buffer
+                self.state[name] = {"momentum_buffer": buffer[offset:offset + param.size].reshape(param.shape)}
+                offset += param.size
+            arrays[2 * len(names):] = [self.state[n]["momentum_buffer"] for n in names]
+        self._flat_key = arrays  # the arrays themselves (not ids): they stay alive while compared
+        return True
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Flat copies of the state: "0.weight.momentum_buffer", "0.weight.exp_avg",
@@ -258,6 +300,21 @@ class Optimizer:
         if self.name == "sgd":
             return f"sgd with momentum {self.momentum}"
         return self.name
+
+
+def _common_buffer(arrays: list[np.ndarray]) -> np.ndarray | None:
+    """The contiguous 1-D array of which `arrays` are consecutive contiguous views, in order and
+    covering all of it; None when there is none."""
+    base = arrays[0].base
+    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    address, offset = base.__array_interface__["data"][0], 0
+    for a in arrays:
+        if (a.base is not base or not a.flags.c_contiguous
+                or a.__array_interface__["data"][0] != address + offset * base.itemsize):
+            return None
+        offset += a.size
+    return base if offset == base.size else None
 
 
 def make_optimizer(name: str = "sgd", *, lr: float, momentum: float = 0.0, nesterov: bool = False,

@@ -15,6 +15,8 @@ import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 # Below this many elements a job is too small to be worth a thread hand-off.
 MIN_PARALLEL_SIZE = 1 << 16
 
@@ -54,11 +56,15 @@ def over_batch(fn, n: int, size: int, uses_blas: bool = False) -> list:
     return [first] + [f.result() for f in futures]
 
 
-def ordered_sum(parts):
-    """Sum of partial results in a fixed order (deterministic float rounding)."""
+def ordered_sum(parts, out=None):
+    """Sum of partial results in a fixed order (deterministic float rounding), written into
+    `out` when given (a part may already be `out` itself: then it is the only one)."""
     if len(parts) == 1:
-        return parts[0]
-    total = parts[0] + parts[1]
+        if out is None or parts[0] is out:
+            return parts[0]
+        np.copyto(out, parts[0])
+        return out
+    total = np.add(parts[0], parts[1], out=out)
     for p in parts[2:]:
         total += p
     return total
