@@ -292,9 +292,13 @@ class ConfigCheck:
     seconds: float
     checks: list
 
+    @staticmethod
+    def unchecked(c: SampledCheck) -> bool:
+        """Every sampled entry and direction crossed a kink: nothing was measured (not a wrong gradient)."""
+        return c.checked == 0 and c.direction_error is None and bool(np.prod(c.shape))
+
     def failed(self, c: SampledCheck) -> bool:
-        unchecked = c.checked == 0 and c.direction_error is None and bool(np.prod(c.shape))
-        return not c.error <= self.threshold or unchecked
+        return not c.error <= self.threshold or self.unchecked(c)
 
     @property
     def failures(self) -> list[SampledCheck]:
@@ -312,7 +316,7 @@ class ConfigCheck:
     def culprit(self) -> SampledCheck | None:
         """The failing check of the highest layer: a wrong backward in layer k corrupts the
         gradients of layer k and everything before it, never after, so that is where to look."""
-        failures = self.failures
+        failures = [c for c in self.failures if not self.unchecked(c)]
         if not failures:
             return None
         top = max(c.layer for c in failures)
@@ -323,6 +327,12 @@ class ConfigCheck:
         if self.ok:
             return (f"ok: all {len(self.checks)} gradients within {self.threshold:g} "
                     f"(worst {worst.error:.1e}, {worst.label}) in {self.seconds:.1f} s")
+        wrong = [c for c in self.failures if not self.unchecked(c)]
+        if not wrong:
+            names = ", ".join(c.label for c in self.failures[:3])
+            return (f"gradient check inconclusive: {len(self.failures)} of {len(self.checks)} gradients could not be "
+                    f"checked ({names}{', ...' if len(self.failures) > 3 else ''}): every sampled entry and direction "
+                    "crossed a ReLU or max-pool kink; try a smaller --batch or another --seed")
         culprit = self.culprit
         return (f"gradient check failed: {len(self.failures)} of {len(self.checks)} gradients above "
                 f"{self.threshold:g}; the first wrong one counted from the output is {culprit.label} "
@@ -367,7 +377,7 @@ def format_config_check(report: ConfigCheck) -> str:
     shape = lambda s: "x".join(map(str, s)) or "scalar"  # noqa: E731
     rows = [(c.label, shape(c.shape), str(c.checked), str(c.skipped) if c.skipped else "", f"{c.entry_error:.1e}",
              "at kink" if c.direction_error is None else f"{c.direction_error:.1e}",
-             "FAIL" if report.failed(c) else "ok") for c in report.checks]
+             ("unchecked" if report.unchecked(c) else "FAIL") if report.failed(c) else "ok") for c in report.checks]
     head = ("tensor", "shape", "entries", "at kink", "entry error", "direction error", "")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     right = (False, False, True, True, True, True, False)

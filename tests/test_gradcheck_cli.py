@@ -161,3 +161,16 @@ def test_sampled_check_agrees_with_the_full_check_on_a_small_net():
     assert max(c.error for c in sampled) <= 1e-7
     full = gc.check_network(net, x, y)
     assert max(c.error for c in full) <= 1e-7
+
+
+def test_a_tensor_that_could_not_be_checked_is_inconclusive_not_a_wrong_gradient():
+    from mlp_cli.gradcheck import ConfigCheck, SampledCheck
+
+    ok = SampledCheck("2.weight", 2, "Linear", "weight", (3, 4), checked=12, skipped=0, error=1e-9, scale=1.0)
+    at_kink = SampledCheck("0.weight", 0, "Conv2d", "weight", (4, 3, 3, 3), checked=0, skipped=12, error=0.0, scale=1.0)
+    report = ConfigCheck("c.yaml", [3, 8, 8], 100000, 12, 1e-6, 0, 1e-6, 1.0, [ok, at_kink])
+    assert not report.ok and report.culprit is None
+    assert report.summary().startswith("gradient check inconclusive: 1 of 2 gradients could not be checked (0.weight")
+    wrong = SampledCheck("2.bias", 2, "Linear", "bias", (3,), checked=3, skipped=0, error=0.5, scale=1.0)
+    report = ConfigCheck("c.yaml", [3, 8, 8], 2, 12, 1e-6, 0, 1e-6, 1.0, [ok, at_kink, wrong])
+    assert report.culprit is wrong and report.summary().startswith("gradient check failed: 2 of 3")
