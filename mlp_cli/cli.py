@@ -97,7 +97,7 @@ def train(config_path, resume_dir, out, quiet, overrides):
     """
     from pathlib import Path
 
-    from mlp_cli import config
+    from mlp_cli import config, rundir
     from mlp_cli import train as training
 
     if bool(config_path) == bool(resume_dir):
@@ -106,7 +106,7 @@ def train(config_path, resume_dir, out, quiet, overrides):
         run_dir = Path(resume_dir)
         if out:
             fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "last.safetensors").is_file():
+        if not rundir.has_run(run_dir):
             fail(f"{run_dir} is not a run directory (config.yaml and last.safetensors expected); "
                  "pass a directory that mlp-cli train created", EXIT_USAGE)
         cfg = config.load(run_dir / "config.yaml", overrides)

@@ -149,14 +149,24 @@ def _fmt(value, pct=False):
     return f"{100 * float(value):.2f}%" if pct else f"{float(value):.4f}"
 
 
-def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | None = None) -> RunResult:
+def fit(cfg: Config, run_dir: Path, *, resume: bool = False, console: Console | None = None,
+        on_epoch=None) -> RunResult:
     """Train `cfg` into `run_dir` (or continue the run there). Raises ConfigError/ShapeError
-    before anything is written, DataError when data is missing, Divergence, Interrupted."""
+    before anything is written, DataError when data is missing, Divergence, Interrupted.
+
+    `on_epoch(row)`, if given, is called after each epoch is committed to disk with that epoch's
+    metrics.csv row as numbers (None where there is no validation), so a caller such as the
+    sweep can report progress without reading the file back."""
     with contextlib.ExitStack() as stack:
-        return _fit(cfg, Path(run_dir), resume, console or Console(), stack)
+        return _fit(cfg, Path(run_dir), resume, console or Console(), stack, on_epoch)
 
 
-def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: contextlib.ExitStack) -> RunResult:
+def _numbers(row: dict) -> dict:
+    return {k: (None if row[k] in (None, "") else int(row[k]) if k == "epoch" else float(row[k])) for k in METRIC_COLUMNS}
+
+
+def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: contextlib.ExitStack,
+         on_epoch=None) -> RunResult:
     from mlp_cli import data
     from mlp_cli.evaluate import checkpoint_result, evaluate, metrics_from_logits, predict
     from mlp_cli.nn.losses import softmax_cross_entropy
@@ -262,6 +272,8 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, console: Console, stack: cont
                     checkpoint.save(best_path, model, epoch=epoch + 1, **meta)
                 save_last(epoch + 1)
                 _write_metrics(metrics_path, rows)
+            if on_epoch is not None:
+                on_epoch(_numbers(rows[-1]))
             r = rows[-1]
             console.line(f"epoch {epoch + 1}/{epochs}  train loss {_fmt(r['train_loss'])} acc {_fmt(r['train_acc'], True)}"
                          f"  val loss {_fmt(r['val_loss'])} acc {_fmt(r['val_acc'], True)}  lr {lr:.4g}  {seconds:.1f}s"
