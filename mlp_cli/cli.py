@@ -298,9 +298,11 @@ def report(run_dirs, fmt, plot_path):
     """Compare runs: config differences, best validation accuracy, test accuracy, time per epoch.
 
     \b
-    One row per RUN_DIR (a folder written by mlp-cli train):
+    One row per RUN_DIR (a folder written by mlp-cli train); a sweep folder
+    (mlp-cli sweep) stands for the runs of its trials:
       mlp-cli report runs/cifar10_cnn-* runs/cifar10_cnn_improved-*
       mlp-cli report runs/* --format markdown --plot ladder.png
+      mlp-cli report sweeps/mnist_mlp-20261127-101500 --plot lr.png
 
     \b
     "config differences" lists, as key=value, the dotted config keys whose values are not

@@ -114,7 +114,9 @@ def connected(address: str | None, *, verbose: bool = False):
     """Ray started (no address) or joined (auto, HOST:PORT) for the block, then shut down.
     Yields a description of where the trials run."""
     if address and "RAY_AUTH_MODE" not in os.environ and token_available():
-        os.environ["RAY_AUTH_MODE"] = "token"  # for the probe and for ray.init alike
+        # For the probe and for ray.init alike, and before Ray is imported: its C++ side reads
+        # the mode once, and a local cluster then fails to start if it changed in between.
+        os.environ["RAY_AUTH_MODE"] = "token"
     where = probe(address) if address else None
     if not address:
         # Ray's memory monitor kills workers when the machine as a whole runs short, even when

@@ -9,6 +9,8 @@ and the median wall time of an epoch's training loop (metrics.csv `seconds`).
 same sequence of layer types; otherwise, when layers were added or removed, the whole stack is one
 key shown in a compact notation (conv32k5p2-bn-relu-max2-...), since per-index keys would shift.
 
+A sweep folder (mlp-cli sweep) stands for the run directories of its trials.
+
 Pure Python except --plot, which imports matplotlib when asked.
 """
 
@@ -219,8 +221,28 @@ def _pairs(run: Run) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- output
+def sweep_runs(path: Path) -> list[Path]:
+    """The run directories of a sweep folder (mlp-cli sweep), in the order of its results.csv;
+    trials that never started have none."""
+    with open(path / "results.csv", newline="") as f:
+        names = [row["trial"] for row in csv.DictReader(f)]
+    return [path / n for n in names if (path / n / "config.yaml").is_file()]
+
+
 def load_runs(paths) -> list[Run]:
-    runs = [load_run(p) for p in paths]
+    """Run directories, and sweep folders read as the set of their runs."""
+    expanded = []
+    for p in map(Path, paths):
+        if (p / "results.csv").is_file() and (p / "sweep.yaml").is_file() and not (p / "config.yaml").exists():
+            try:
+                expanded += sweep_runs(p)
+            except (OSError, KeyError, csv.Error) as e:
+                raise RunDirError(f"{p / 'results.csv'}: not a results file of mlp-cli sweep ({e})") from None
+        else:
+            expanded.append(p)
+    if not expanded:
+        raise RunDirError(f"{', '.join(map(str, paths))}: no trial of the sweep has started yet; nothing to report")
+    runs = [load_run(p) for p in expanded]
     names = [r.name for r in runs]
     for r in runs:  # two runs with the same folder name: show the parent too
         if names.count(r.name) > 1:

@@ -106,6 +106,15 @@ def split_values(text: str) -> list[str]:
     return [item.strip() for item in items]
 
 
+def scalar(text: str):
+    """A value as YAML reads it, except that numbers YAML 1.1 leaves as strings (1e38, 1e-3)
+    are numbers, as the config's validation reads them anyway."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
 def parse_arguments(arguments) -> tuple[list[str], dict[str, list[str]]]:
     """Command-line KEY=VALUE arguments -> (plain overrides, grid axes KEY -> value texts)."""
     plain, axes = [], {}
@@ -193,7 +202,7 @@ def make_plan(config_path, arguments, sweep_file=None, *, early_stop: bool = Fal
     plain, axes = parse_arguments(arguments)
     spec = read_sweep_file(sweep_file) if sweep_file else {"params": {}}
     search = spec.get("search", "grid")
-    params = {key: [yaml.safe_load(v) for v in values] for key, values in axes.items()}
+    params = {key: [scalar(v) for v in values] for key, values in axes.items()}
     for key, value in spec["params"].items():
         if key in params or any(p.partition("=")[0] == key for p in plain):
             raise ConfigError(f"{key} is both on the command line and in {sweep_file}; give it in one place")
@@ -264,6 +273,8 @@ def trial_names(keys: list[str], rows: list[list[str]]) -> list[str]:
         bits = []
         for key, item in zip(short, row):
             value = item.partition("=")[2]
+            if isinstance(scalar(value), float):
+                value = f"{scalar(value):.4g}"
             value = re.sub(r"[^A-Za-z0-9.+-]+", "x", value.strip("[]{}'\" ").replace(", ", "x")).strip("x") or "x"
             bits.append(f"{key}{value}")
         name = "_".join(bits)[:120]
@@ -399,7 +410,7 @@ def draw(plan: Plan, out: Path, rows: dict[str, dict]) -> Path:
             continue
         curves.append((trial.name, *run.val_curve(), rows[trial.name]["status"]))
     key = "best_val_acc" if plan.metric == "val_acc" else "best_val_loss"
-    points = {k: [(yaml.safe_load(rows[t.name][k]), float(rows[t.name][key])) for t in plan.trials
+    points = {k: [(scalar(rows[t.name][k]), float(rows[t.name][key])) for t in plan.trials
                   if rows[t.name][key] != ""] for k in plan.params}
     label = "best validation accuracy" if plan.metric == "val_acc" else "lowest validation loss"
     return pictures.draw_sweep(curves, points, out / PLOT_FILE, metric_label=label, percent=plan.metric == "val_acc")
@@ -415,6 +426,7 @@ def trial_threads() -> int:
 
 
 def ray_installed() -> bool:
+    """Without importing it: Ray reads RAY_AUTH_MODE when it is imported (raycluster.connected)."""
     import importlib.util
 
     return importlib.util.find_spec("ray") is not None
@@ -444,11 +456,13 @@ def run_trial(tune_config: dict, *, configs: dict, out: str, env: dict, metric: 
     run_dir = Path(out) / name
     last = {"epoch": 0, metric: -math.inf if METRICS[metric] == "max" else math.inf}
 
+    cfg = config_mod.validate(configs[name], f"trial {name}")
+
     def report(row: dict) -> None:
         last.update({k: v for k, v in row.items() if v is not None})
-        tune.report(dict(last))
+        if row["epoch"] < cfg.train.epochs:  # the last epoch is reported with "finished", after the test
+            tune.report(dict(last))
 
-    cfg = config_mod.validate(configs[name], f"trial {name}")
     try:
         train.fit(cfg, run_dir, resume=rundir.has_run(run_dir), console=train.Console(quiet=True), on_epoch=report)
     except train.Interrupted:
@@ -601,12 +615,14 @@ def run(plan: Plan, out, *, resume: bool = False, address: str | None = None, ve
     results.csv rows. Raises Interrupted after Ctrl-C/SIGTERM, RuntimeFailure if Ray is missing
     or the cluster cannot be reached (nothing written then for a new sweep)."""
     out = Path(out).absolute()
+    statuses = read_statuses(out) if resume else {}
+    todo = [t for t in plan.trials if statuses.get(t.name, ("pending",))[0] not in FINAL]
+    if not todo:  # every trial is final: nothing to run, nothing to write
+        return {t.name: result_row(plan, t, out, *statuses[t.name]) for t in plan.trials}
     if not ray_installed():
         raise RuntimeFailure(INSTALL_HINT)
     configs = {name: cfg.dump() for name, cfg in trial_configs(plan).items()}
     threads = trial_threads()
-    statuses = read_statuses(out) if resume else {}
-    todo = [t for t in plan.trials if statuses.get(t.name, ("pending",))[0] not in FINAL]
 
     from mlp_cli import raycluster
 
@@ -615,8 +631,6 @@ def run(plan: Plan, out, *, resume: bool = False, address: str | None = None, ve
             write_plan(plan, out)
         rows = {t.name: result_row(plan, t, out, *statuses.get(t.name, ("pending", ""))) for t in plan.trials}
         write_results(plan, out, rows)
-        if not todo:
-            return rows
         console = _Console(len(plan.trials), len(plan.trials) - len(todo))
         console.line(f"sweep of {len(plan.trials)} trials into {out}" + (f" ({len(todo)} to run)" if resume else "")
                      + f": {threads} thread{'s' * (threads > 1)} per trial, {where}")
@@ -676,6 +690,9 @@ def _tune(plan: Plan, todo: list[Trial], configs: dict, out: Path, threads: int,
                                       failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
         tuner.fit()
     finally:
-        import shutil
+        if verbose:
+            sweep.console.line(f"Tune's own experiment state (for debugging) is in {storage}")
+        else:
+            import shutil
 
-        shutil.rmtree(storage, ignore_errors=True)
+            shutil.rmtree(storage, ignore_errors=True)
