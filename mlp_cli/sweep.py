@@ -512,8 +512,9 @@ class _Console:
 
     def counts(self, statuses: dict[str, str]) -> None:
         values = list(statuses.values())
-        self.bar.set_postfix_str(f"done {values.count('done')}, running {values.count('running')}, "
-                                 f"stopped {values.count('stopped')}, failed {values.count('failed')}")
+        shown = [f"{s} {values.count(s)}" for s in ("done", "running", "stopped", "failed")
+                 if values.count(s) or s in ("done", "running", "failed")]
+        self.bar.set_postfix_str(", ".join(shown))
 
 
 def _trial_line(name: str, row: dict, status: str, message: str = "") -> str:
