@@ -473,10 +473,11 @@ def run_trial(tune_config: dict, *, configs: dict, out: str, env: dict, metric: 
     tune.report({**last, "finished": 1})
 
 
-class _StopOnSignal:
-    """Ctrl-C and SIGTERM while Tune runs: remember the signal, and let Tune stop every trial
-    (through a Stopper) instead of dying in the middle of its loop. A second signal raises
-    KeyboardInterrupt at once."""
+class _Signals:
+    """Ctrl-C and SIGTERM while Tune runs raise KeyboardInterrupt at once, and the caller's
+    ray.shutdown() ends the trials' processes. Tune's own way (its SIGINT handler, or a Stopper)
+    waits for each trial to reach its next report, up to a whole epoch, and then 10 s more
+    before killing it; a run directory needs no such care: it keeps its last committed epoch."""
 
     def __init__(self):
         self.signal = None
@@ -486,9 +487,8 @@ class _StopOnSignal:
         return self
 
     def _handle(self, signum, frame):
-        if self.signal is not None:
-            raise KeyboardInterrupt
         self.signal = signum
+        raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -527,10 +527,10 @@ def _trial_line(name: str, row: dict, status: str, message: str = "") -> str:
     return f"trial {name} {what}: {acc}{test} ({row['epochs'] or 0} epochs, {row['seconds'] or 0} s training)"
 
 
-def _tune_hooks(sweep: "_Sweep") -> tuple:
-    """The Tune callback that follows the trials in the driver, and the stopper that ends the
-    sweep on a signal. Tune pickles both into a state file of its own (which we never restore
-    from), so they keep the sweep in an attribute that they leave out of the pickle."""
+def _progress(sweep: "_Sweep"):
+    """The Tune callback that follows the trials in the driver. Tune pickles it into a state
+    file of its own (which we never restore from), so it keeps the sweep in an attribute that
+    it leaves out of the pickle."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -556,29 +556,15 @@ def _tune_hooks(sweep: "_Sweep") -> tuple:
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             name = trial.config["trial"]
-            default = ("interrupted" if self.sweep.stop.signal else "stopped", "")
-            status, message = self.sweep.outcome.get(name, default)
-            self.sweep.set(name, status, message, announce=status != "interrupted")
+            status, message = self.sweep.outcome.get(name, ("stopped", ""))  # ASHA stopped it
+            self.sweep.set(name, status, message, announce=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = str(trial.get_error() or "the worker died").strip().splitlines()
             self.sweep.set(trial.config["trial"], "failed", f"{error[-1] if error else 'error'} (after "
                            f"{MAX_FAILURES} restarts; Ray's logs are in /tmp/ray/session_latest/logs)", announce=True)
 
-    class StopOnSignal(tune.Stopper):
-        def __init__(self, stop):
-            self.stop = stop
-
-        def __getstate__(self):
-            return {}
-
-        def __call__(self, trial_id, result):
-            return False
-
-        def stop_all(self):
-            return self.stop.signal is not None
-
-    return Progress(sweep), StopOnSignal(sweep.stop)
+    return Progress(sweep)
 
 
 @dataclass
@@ -587,7 +573,6 @@ class _Sweep:
     out: Path
     rows: dict
     console: _Console
-    stop: _StopOnSignal
     outcome: dict = field(default_factory=dict)
 
     def set(self, name: str, status: str, message: str = "", announce: bool = False) -> None:
@@ -635,22 +620,24 @@ def run(plan: Plan, out, *, resume: bool = False, address: str | None = None, ve
         console = _Console(len(plan.trials), len(plan.trials) - len(todo))
         console.line(f"sweep of {len(plan.trials)} trials into {out}" + (f" ({len(todo)} to run)" if resume else "")
                      + f": {threads} thread{'s' * (threads > 1)} per trial, {where}")
-        stop = _StopOnSignal()
-        sweep = _Sweep(plan, out, rows, console, stop)
+        signals = _Signals()
+        sweep = _Sweep(plan, out, rows, console)
         try:
-            with stop, _quiet(verbose):
+            with signals, _quiet(verbose):
                 _tune(plan, todo, configs, out, threads, sweep, verbose)
+        except KeyboardInterrupt:
+            signals.signal = signals.signal or signal.SIGINT
         finally:
             console.bar.close()
-            # Trials that Tune stopped on a signal get no completion event: say what they are.
+            # Trials cut short by a signal get no completion event: say what they are.
             for trial in plan.trials:
                 status, message = rows[trial.name]["status"], rows[trial.name]["message"]
                 rows[trial.name] = result_row(plan, trial, out, "interrupted" if status == "running" else status,
                                               message)
             write_results(plan, out, rows)
     draw(plan, out, rows)
-    if stop.signal is not None:
-        code = 143 if stop.signal == signal.SIGTERM else 130
+    if signals.signal is not None:
+        code = 143 if signals.signal == signal.SIGTERM else 130
         name = "SIGTERM" if code == 143 else "interrupted"
         raise Interrupted(f"{name}: the trials were stopped after their last committed epoch; "
                           f"continue with: mlp-cli sweep --resume {out}", code)
@@ -679,7 +666,6 @@ def _tune(plan: Plan, todo: list[Trial], configs: dict, out: Path, threads: int,
     env = {**_absolute_env(), "MLP_CLI_THREADS": str(threads)}
     trainable = tune.with_parameters(run_trial, configs={t.name: configs[t.name] for t in todo}, out=str(out), env=env,
                                      metric=plan.metric)
-    progress, stopper = _tune_hooks(sweep)
     storage = tempfile.mkdtemp(prefix="mlp-cli-tune-")
     try:
         tuner = tune.Tuner(
@@ -687,7 +673,7 @@ def _tune(plan: Plan, todo: list[Trial], configs: dict, out: Path, threads: int,
             param_space={"trial": tune.grid_search([t.name for t in todo])},
             tune_config=tune.TuneConfig(metric=plan.metric, mode=METRICS[plan.metric], scheduler=scheduler),
             run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=2 if verbose else 0,
-                                      stop=stopper, callbacks=[progress],
+                                      callbacks=[_progress(sweep)],
                                       failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
         tuner.fit()
     finally:

@@ -278,3 +278,18 @@ def test_resume_refuses_options_that_would_change_the_sweep(finished):
     out, _ = finished
     result = run_sweep("--resume", out, "optim.lr=0.1,0.2")
     assert result.exit_code == 2 and "does not apply to --resume" in result.output
+
+
+def test_one_engine_thread_holds_blas_to_one_thread_too(monkeypatch):
+    """MLP_CLI_THREADS is a run's CPU budget: with 1, BLAS must not add threads of its own (a
+    plain run would then sum in another order than the same run in a sweep's worker)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numpy  # noqa: F401  (loads the BLAS library that threadpoolctl then sees)
+
+    from mlp_cli.nn import parallel
+
+    monkeypatch.setattr(parallel, "thread_count", lambda: 1)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        with parallel.single_threaded_blas():
+            inside = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    assert inside and set(inside) == {1}
