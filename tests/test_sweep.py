@@ -293,3 +293,33 @@ def test_one_engine_thread_holds_blas_to_one_thread_too(monkeypatch):
         with parallel.single_threaded_blas():
             inside = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
     assert inside and set(inside) == {1}
+
+
+def test_ctrl_c_stops_the_sweep_with_130_and_leaves_it_resumable(tmp_path):
+    import os
+    import signal
+    import time
+
+    from mlp_cli import rundir
+
+    out = tmp_path / "s"
+    child = subprocess.Popen([sys.executable, "-m", "mlp_cli.cli", "sweep", "--config", CIRCLES, "--out", str(out),
+                              "train.epochs=100000", "data.val_size=50", "train.plots=false", "optim.lr=0.1,0.3"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until both trials have committed a few epochs
+            metrics = list(out.glob("*/metrics.csv"))
+            if len(metrics) == 2 and all(len(read_csv(m)) >= 3 for m in metrics):
+                break
+            time.sleep(0.2)
+        os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, stderr
+    assert stderr.strip().endswith(f"continue with: mlp-cli sweep --resume {out}")
+    rows = read_results(out)
+    assert {r["status"] for r in rows.values()} == {"interrupted"}
+    assert all(int(r["epochs"]) >= 3 and rundir.has_run(out / name) for name, r in rows.items())
