@@ -126,11 +126,16 @@ def connected(address: str | None, *, verbose: bool = False):
 
     level = logging.INFO if verbose else logging.CRITICAL
     try:
-        if address:
-            ray.init(address=address, log_to_driver=verbose, logging_level=level)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=verbose, logging_level=level)
-            where = f"a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=verbose, logging_level=level)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=verbose, logging_level=level)
+                where = f"a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+        except (RuntimeError, ConnectionError, OSError, ValueError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RuntimeFailure(f"could not {'join' if address else 'start'} Ray: {reason} "
+                                 "(Ray's logs: /tmp/ray/session_latest/logs)") from None
         yield where
     finally:
         ray.shutdown()
