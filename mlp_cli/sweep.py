@@ -425,6 +425,19 @@ def trial_threads() -> int:
         raise ConfigError(f"MLP_CLI_THREADS={value!r} is not a number of threads; unset it or give e.g. 1") from None
 
 
+def _check_writable(out: Path) -> None:
+    """Before Ray starts: the sweep folder's nearest existing ancestor takes a new folder (made
+    and removed again, since permissions alone do not tell, e.g. for root or under /proc)."""
+    import tempfile
+
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mlp-cli-", dir=existing))
+    except OSError as e:
+        raise RuntimeFailure(f"cannot write the sweep folder {out}: {existing} ({e.strerror or e}); "
+                             "choose another --out") from None
+
+
 def ray_installed() -> bool:
     """Without importing it: Ray reads RAY_AUTH_MODE when it is imported (raycluster.connected)."""
     import importlib.util
@@ -607,9 +620,18 @@ def run(plan: Plan, out, *, resume: bool = False, address: str | None = None, ve
         return {t.name: result_row(plan, t, out, *statuses[t.name]) for t in plan.trials}
     if not ray_installed():
         raise RuntimeFailure(INSTALL_HINT)
+    _check_writable(out)
     configs = {name: cfg.dump() for name, cfg in trial_configs(plan).items()}
     threads = trial_threads()
 
+    try:
+        return _run(plan, out, todo, statuses, configs, threads, resume=resume, address=address, verbose=verbose)
+    except OSError as e:  # the sweep's own files (results.csv, sweep.yaml, sweep.png); runs handle theirs
+        raise RuntimeFailure(f"cannot write the sweep folder {out}: {e.strerror or e} ({e.filename or out})") from None
+
+
+def _run(plan: Plan, out: Path, todo: list[Trial], statuses: dict, configs: dict, threads: int, *, resume: bool,
+         address: str | None, verbose: bool) -> dict:
     from mlp_cli import raycluster
 
     with raycluster.connected(address, verbose=verbose) as where:

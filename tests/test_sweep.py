@@ -163,6 +163,13 @@ def test_without_ray_sweep_says_how_to_install_it(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_an_unwritable_out_fails_before_ray_starts(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_sweep("--config", CIRCLES, "--out", tmp_path / "file" / "s", *COMMON, "optim.lr=0.1,0.3")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: cannot write the sweep folder {tmp_path / 'file' / 's'}: ")
+
+
 def test_malformed_address_is_bad_usage(tmp_path):
     result = run_sweep("--config", CIRCLES, "--out", tmp_path / "s", "--address", "nohost", *COMMON, "optim.lr=0.1,0.3")
     assert result.exit_code == 2 and "give auto or HOST:PORT" in result.output
