@@ -13,8 +13,8 @@ The sweep folder:
                resulting trials (name and KEY=VALUE overrides each), with the config they
                share, so --resume never depends on the config file again;
   results.csv  one row per trial, rewritten atomically whenever a trial changes state; its
-               status (pending, running, done, stopped, failed, interrupted) is what --resume
-               trusts: done, stopped and failed trials are not run again;
+               status (pending, running, done, stopped, failed, lost, interrupted) is what
+               --resume trusts: done, stopped and failed trials are not run again;
   sweep.png    the validation curves, and the metric against each varied key.
 
 Random search draws its values here (seeded, with NumPy) rather than in Tune, so that every
@@ -387,7 +387,8 @@ def reproduce_command(plan: Plan, trial_name: str, threads: int) -> str:
 def summary(plan: Plan, out: Path, rows: dict[str, dict]) -> str:
     """What the sweep found: counts, the best trial and the command that reproduces it."""
     statuses = [r["status"] for r in rows.values()]
-    counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("done", "stopped", "failed") if statuses.count(s))
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("done", "stopped", "failed", "lost")
+                       if statuses.count(s))
     lines = [f"{len(rows)} trials: {counts or 'none finished'}; results in {out / RESULTS_FILE}, curves in {out / PLOT_FILE}"]
     best = best_trial(plan, rows)
     if best is not None:
@@ -525,7 +526,7 @@ class _Console:
 
     def counts(self, statuses: dict[str, str]) -> None:
         values = list(statuses.values())
-        shown = [f"{s} {values.count(s)}" for s in ("done", "running", "stopped", "failed")
+        shown = [f"{s} {values.count(s)}" for s in ("done", "running", "stopped", "failed", "lost")
                  if values.count(s) or s in ("done", "running", "failed")]
         self.bar.set_postfix_str(", ".join(shown))
 
@@ -533,6 +534,8 @@ class _Console:
 def _trial_line(name: str, row: dict, status: str, message: str = "") -> str:
     if status == "failed":
         return f"trial {name} failed: {message}"
+    if status == "lost":
+        return f"trial {name} lost: {message}"
     what = "done" if status == "done" else "stopped early (trailing)" if status == "stopped" else status
     acc = f"best val acc {100 * float(row['best_val_acc']):.2f}% at epoch {row['best_epoch']}" \
         if row["best_val_acc"] else "no validation result"
@@ -573,9 +576,10 @@ def _progress(sweep: "_Sweep"):
             self.sweep.set(name, status, message, announce=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = str(trial.get_error() or "the worker died").strip().splitlines()
-            self.sweep.set(trial.config["trial"], "failed", f"{error[-1] if error else 'error'} (after "
-                           f"{MAX_FAILURES} restarts; Ray's logs are in /tmp/ray/session_latest/logs)", announce=True)
+            # Its process died once more than Tune restarts it (killed, out of memory, node lost):
+            # `lost`, which --resume runs again, unlike `failed` (our own errors, which would recur).
+            self.sweep.set(trial.config["trial"], "lost", f"its process died {MAX_FAILURES + 1} times; "
+                           "--resume runs it again; Ray's logs: /tmp/ray/session_latest/logs", announce=True)
 
     return Progress(sweep)
 
