@@ -238,7 +238,7 @@ def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
     """
     import shlex
 
-    from mlp_cli import config
+    from mlp_cli import config, rundir
     from mlp_cli import train as training
 
     if bool(config_path) == bool(resume_dir):
@@ -267,6 +267,66 @@ def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
         best = f"best validation accuracy {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}"
     test = "" if result.test is None else f", test accuracy {100 * result.test['accuracy']:.2f}%"
     click.echo(f"done: {result.epochs} epochs, {best}{test}; run saved in {result.run_dir}")
+
+
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The YAML config every trial starts from.")
+@click.option("--sweep", "sweep_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="A sweep YAML: params (lists or distributions), search (grid|random), trials, seed, metric.")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Sweep folder to create  [default: sweeps/<config name>-<date>-<time>].")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Continue the sweep in DIR: finished trials are kept, interrupted ones resume.")
+@click.option("--address", metavar="auto|HOST:PORT",
+              help="Run on an existing Ray cluster (`ray start --head`)  [default: a local Ray instance].")
+@click.option("--early-stop", is_flag=True, help="Let ASHA stop the trials that trail the others.")
+@click.option("--verbose", "-v", is_flag=True, help="Show Ray's own logs and tables.")
+@click.argument("overrides", nargs=-1, metavar="[KEY=V1,V2,... | KEY=VALUE]...")
+@handle_errors
+def sweep(config_path, sweep_file, out, resume_dir, address, early_stop, verbose, overrides):
+    """Train one config many times with some keys varied, in parallel, on Ray Tune.
+
+    \b
+      mlp-cli sweep --config configs/mnist_mlp.yaml optim.lr=0.01,0.05,0.2 train.batch_size=64,256
+      mlp-cli sweep --config configs/mnist_mlp.yaml --sweep lr.yaml --early-stop
+      mlp-cli sweep --resume sweeps/mnist_mlp-20261127-101500
+
+    \b
+    A comma list is a grid axis; KEY=VALUE applies to every trial. Every trial is an
+    mlp-cli train run in DIR/<short name from its values>/, with MLP_CLI_THREADS threads
+    (default 1) on as many CPUs. DIR also gets sweep.yaml, results.csv (one row per trial)
+    and sweep.png. Exit codes: 0 done (trials may have failed), 2 invalid config or sweep
+    (nothing written), 1 runtime failure (no Ray, unreachable cluster, every trial failed),
+    130 Ctrl-C and 143 SIGTERM (continue with --resume).
+    """
+    from pathlib import Path
+
+    from mlp_cli import sweep as sw
+
+    if bool(config_path) == bool(resume_dir):
+        fail("give either --config FILE (a new sweep) or --resume DIR (continue a sweep)", EXIT_USAGE)
+    if resume_dir:
+        extra = [opt for opt, given in (("--sweep", sweep_file), ("--out", out), ("--early-stop", early_stop),
+                                         ("KEY=VALUE arguments", overrides)) if given]
+        if extra:
+            fail(f"{extra[0]} does not apply to --resume: the sweep continues as sweep.yaml in {resume_dir} says",
+                 EXIT_USAGE)
+        out = Path(resume_dir)
+        plan = sw.read_plan(out)
+    else:
+        out = Path(out) if out else Path("sweeps") / _default_run_dir(config_path).name
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            hint = f"continue it with --resume {out}" if (out / sw.SWEEP_FILE).exists() else "choose another --out"
+            fail(f"{out} already exists and is not empty; {hint}", EXIT_USAGE)
+        plan = sw.make_plan(config_path, overrides, sweep_file, early_stop=early_stop)
+    try:
+        rows = sw.run(plan, out, resume=bool(resume_dir), address=address, verbose=verbose)
+    except sw.Interrupted as e:
+        fail(str(e), e.code)
+    click.echo(sw.summary(plan, out, rows))
+    if not any(r["status"] in ("done", "stopped") for r in rows.values()):
+        fail(f"no trial finished; see the message column of {out / sw.RESULTS_FILE}", EXIT_RUNTIME)
 
 
 @main.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
@@ -381,9 +441,11 @@ def report(run_dirs, fmt, plot_path):
     """Compare runs: config differences, best validation accuracy, test accuracy, time per epoch.
 
     \b
-    One row per RUN_DIR (a folder written by mlp-cli train):
+    One row per RUN_DIR (a folder written by mlp-cli train); a sweep folder
+    (mlp-cli sweep) stands for the runs of its trials:
       mlp-cli report runs/cifar10_cnn-* runs/cifar10_cnn_improved-*
       mlp-cli report runs/* --format markdown --plot ladder.png
+      mlp-cli report sweeps/mnist_mlp-20261127-101500 --plot lr.png
 
     \b
     "config differences" lists, as key=value, the dotted config keys whose values are not

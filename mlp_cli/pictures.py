@@ -440,3 +440,49 @@ def draw_run(run_dir, *, metrics: list[dict], classes: list[str], confusion=None
             warnings.warn(f"could not draw {run_dir / filename}: {type(e).__name__}: {e}", RuntimeWarning,
                           stacklevel=2)
     return written
+
+
+# ----------------------------------------------------------------------------- a sweep
+def draw_sweep(curves, points: dict, path, *, metric_label: str = "best validation accuracy",
+               percent: bool = True) -> Path:
+    """sweep.png: the validation accuracy per epoch of every trial, and the sweep's metric
+    against each varied key, one panel per key.
+
+    `curves`: (name, epochs, accs, status) per trial that has a run directory; trials that did
+    not finish are dashed. `points`: key -> [(value, metric)] over the trials with a result;
+    numbers are placed on a log axis when they span more than a factor 20, other values
+    (strings, lists, booleans) as categories in their order of first appearance."""
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    fig = _figure(6.5 + 4 * len(points), 4.8)
+    axes = fig.subplots(1, 1 + len(points), squeeze=False)[0]
+    ax = axes[0]
+    for name, epochs, accs, status in curves:
+        ax.plot(epochs, accs, linestyle="-" if status == "done" else "--", marker="o" if len(epochs) <= 30 else None,
+                markersize=3, label=name if status == "done" else f"{name} ({status})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{len(curves)} trial{'s' * (len(curves) != 1)}")
+    if 0 < len(curves) <= 12:
+        ax.legend(fontsize=7, loc="lower right")
+    for ax, (key, pairs) in zip(axes[1:], points.items()):
+        values = [v for v, _ in pairs]
+        numeric = values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            xs = values
+            if min(values) > 0 and max(values) / min(values) > 20:
+                ax.set_xscale("log")
+        else:
+            labels = list(dict.fromkeys(str(v) for v in values))
+            xs = [labels.index(str(v)) for v in values]
+            ax.set_xticks(range(len(labels)), labels)
+        ax.scatter(xs, [m for _, m in pairs], s=30)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric_label)
+        if percent:
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

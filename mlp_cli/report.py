@@ -10,6 +10,8 @@ same sequence of layer types; otherwise, when layers were added or removed, the 
 key shown in a compact notation (conv32k5p2-bn-relu-max2-...), since per-index keys would shift.
 
 A folder that is not a run is skipped with a warning (a glob such as runs/* often catches one).
+A sweep folder (mlp-cli sweep) stands for the run directories of its trials.
+
 Pure Python except --plot, which imports matplotlib when asked.
 """
 
@@ -229,10 +231,32 @@ def _pairs(run: Run) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- output
+def sweep_runs(path: Path) -> list[Path]:
+    """The run directories of a sweep folder (mlp-cli sweep), in the order of its results.csv;
+    trials that never started have none."""
+    with open(path / "results.csv", newline="") as f:
+        names = [row["trial"] for row in csv.DictReader(f)]
+    return [path / n for n in names if (path / n / "config.yaml").is_file()]
+
+
 def load_runs(paths) -> tuple[list[Run], list[str]]:
-    """(the runs of `paths`, a message per path that is not a run); RunDirError if no run is left."""
-    runs, skipped = [], []
-    for path in paths:
+    """(the runs of `paths`, a message per path that is not a run); sweep folders stand for the runs
+    of their trials. RunDirError if no run is left."""
+    expanded, skipped = [], []
+    for p in map(Path, paths):
+        if (p / "results.csv").is_file() and (p / "sweep.yaml").is_file() and not (p / "config.yaml").exists():
+            try:
+                trials = sweep_runs(p)
+            except (OSError, KeyError, csv.Error) as e:
+                skipped.append(f"{p / 'results.csv'}: not a results file of mlp-cli sweep ({e})")
+                continue
+            if not trials:
+                skipped.append(f"{p}: no trial of the sweep has started yet")
+            expanded += trials
+        else:
+            expanded.append(p)
+    runs = []
+    for path in expanded:
         try:
             runs.append(load_run(path))
         except RunDirError as e:

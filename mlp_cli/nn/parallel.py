@@ -73,7 +73,11 @@ def ordered_sum(parts, out=None):
 @contextlib.contextmanager
 def single_threaded_blas():
     """Limit BLAS to one thread while the engine runs its own threads over the batch (no-op
-    with one thread, or without threadpoolctl: then products keep BLAS's threads).
+    without threadpoolctl: then products keep BLAS's threads).
+
+    Also with one engine thread: MLP_CLI_THREADS is the run's CPU budget (a sweep gives each
+    trial that many CPUs), and BLAS's own threads would exceed it and, summing in another order
+    than one thread does, change the results (a Ray worker already has OMP_NUM_THREADS=1).
 
     Training, evaluation and the benchmarks run every network inside it: a conv net's copies
     and element-wise passes are memory-bound and split by batch range, a dense net's large
@@ -85,7 +89,7 @@ def single_threaded_blas():
         from threadpoolctl import threadpool_limits
     except ImportError:
         threadpool_limits = None
-    if thread_count() == 1 or threadpool_limits is None or _blas_single_threaded:
+    if threadpool_limits is None or _blas_single_threaded:
         yield
         return
     with threadpool_limits(limits=1, user_api="blas"):
