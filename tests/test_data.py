@@ -18,8 +18,10 @@ def image_split(n=10, h=8, w=8, c=3, seed=0):
 IDENTITY_U8 = {"mean": [0.0] * 3, "std": [1 / 255] * 3}  # x == u8 exactly: scale 1, shift 0
 
 
-def collect(split, batch_size, *, train, seed=None, norm=IDENTITY_U8, augment=Augment()):
+def collect(split, batch_size, *, train, seed=None, norm=None, augment=Augment()):
     rng = None if seed is None else np.random.default_rng(seed)
+    if norm is None:  # IDENTITY_U8 for as many channels as the images have
+        norm = {"mean": [0.0] * split.x.shape[-1], "std": [1 / 255] * split.x.shape[-1]}
     return list(batches(split, batch_size, train=train, rng=rng, normalization=norm, augment=augment))
 
 
@@ -185,9 +187,10 @@ def reference_crops(split, batch_size, seed, crop, pad, hflip, holes=None, norm=
     return order, np.stack(out)
 
 
+@pytest.mark.parametrize("channels", [3, 1])  # 1: the window gather of single-channel images
 @pytest.mark.parametrize("crop, pad, hflip", [(5, 0, True), (8, 2, True), (6, 3, False), (None, 2, False)])
-def test_train_crops_and_flips_match_a_per_image_reference(crop, pad, hflip):
-    split = image_split(n=23, h=8, w=8, c=3, seed=2)
+def test_train_crops_and_flips_match_a_per_image_reference(crop, pad, hflip, channels):
+    split = image_split(n=23, h=8, w=8, c=channels, seed=2)
     augment = Augment(crop=crop, crop_padding=pad, hflip=hflip)
     out = collect(split, 5, train=True, seed=11, augment=augment)
     got = np.concatenate([as_u8(x) for x, _ in out])
@@ -202,8 +205,9 @@ def test_train_crops_and_flips_match_a_per_image_reference(crop, pad, hflip):
         assert any(np.array_equal(img, w) or (hflip and np.array_equal(img[:, ::-1], w)) for w in windows)
 
 
-def test_crops_of_a_non_contiguous_data_set():
-    base = image_split(n=12, h=8, w=8, c=3, seed=3)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_crops_of_a_non_contiguous_data_set(channels):
+    base = image_split(n=12, h=8, w=8, c=channels, seed=3)
     split = Split(base.x[:, ::-1], base.y, base.classes)  # a view with negative strides
     assert not split.x.flags.c_contiguous
     augment = Augment(crop=5, hflip=True)
