@@ -238,7 +238,7 @@ def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
     """
     import shlex
 
-    from mlp_cli import config, rundir
+    from mlp_cli import config
     from mlp_cli import train as training
 
     if bool(config_path) == bool(resume_dir):

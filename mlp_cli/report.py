@@ -25,13 +25,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlp_cli.errors import UsageError
+from mlp_cli import rundir
 
-SECTIONS = ("data", "model", "train", "optim")
-
-
-class RunDirError(UsageError, ValueError):
-    """A path that is not a readable run directory (skipped, or exit code 2 when no run is left)."""
+RunDirError = rundir.NotARun  # a path that is not a readable run directory (exit 2)
 
 
 @dataclass
@@ -89,53 +85,9 @@ def _number(value) -> float | None:
 
 
 # ----------------------------------------------------------------------------- reading
-def read_metrics(path) -> list[dict]:
-    """metrics.csv as a list of dicts of strings (empty list if the file does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def load_run(path) -> Run:
-    import yaml
-
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"{path}: not a run directory ({'no such folder' if not path.exists() else 'a file'}); "
-                          "pass folders that mlp-cli train created, e.g. runs/mnist_mlp-20261127-101500")
-    cfg_path = path / "config.yaml"
-    if not cfg_path.is_file():
-        raise RunDirError(f"{path}: not a run directory (no config.yaml); pass folders that mlp-cli train created")
-    try:
-        config = yaml.safe_load(cfg_path.read_text())
-    except OSError as e:
-        raise RunDirError(f"{cfg_path}: cannot read the run's config ({e.strerror or e})") from None
-    except (yaml.YAMLError, ValueError) as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise RunDirError(f"{cfg_path}: malformed YAML{where} ({getattr(e, 'problem', None) or e}); "
-                          "not a config that mlp-cli train wrote") from None
-    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in SECTIONS):
-        raise RunDirError(f"{cfg_path}: not a config that mlp-cli train wrote (sections {', '.join(SECTIONS)} expected)")
-    try:
-        metrics = read_metrics(path / "metrics.csv")
-        if metrics and not {"epoch", "val_acc"} <= set(metrics[0]):
-            raise ValueError("columns epoch and val_acc expected")
-        for row in metrics:
-            int(float(row["epoch"]))
-    except (OSError, ValueError, TypeError, csv.Error) as e:
-        raise RunDirError(f"{path / 'metrics.csv'}: not a metrics file of mlp-cli train ({e})") from None
-    test = None
-    if (path / "test_metrics.json").is_file():
-        try:
-            test = json.loads((path / "test_metrics.json").read_text())
-        except (OSError, ValueError) as e:
-            raise RunDirError(f"{path / 'test_metrics.json'}: unreadable ({e})") from None
-        if not isinstance(test, dict):
-            test = None
-    return Run(path, path.resolve().name, config, metrics, test)
+    files = rundir.read(path)
+    return Run(files.path, files.path.resolve().name, files.config, files.metrics, files.test)
 
 
 # ----------------------------------------------------------------------------- config differences

@@ -4,7 +4,8 @@ A run must survive what clusters and laptops do to it (kill -9, the OOM killer, 
 node, a power cut, a full disk, a second command pointed at the same folder): whatever instant
 it is stopped at, the folder it leaves is one that `mlp-cli train --resume` continues, and the
 continued run ends with the same files as an uninterrupted one. Every writer (train, resume,
-the sweep's trials) goes through this module; readers (eval, report) read the plain files.
+the sweep's trials) goes through this module; readers (report, the sweep's results) read the
+published files through `read`, without the lock.
 
 Layout:
 
@@ -49,14 +50,18 @@ dies, so a lock left by a killed process is taken over at once and a live one is
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
+import io
+import json
 import os
 import secrets
 import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlp_cli.errors import RuntimeFailure, UsageError
@@ -70,6 +75,76 @@ _NO_HARD_LINKS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.E
 
 class SaveError(RuntimeFailure):
     """The run directory could not be written (full disk, read-only folder); the last commit is intact."""
+
+
+class NotARun(UsageError, ValueError):
+    """A path that is not a readable run directory (exit code 2)."""
+
+
+SECTIONS = ("data", "model", "train", "optim")
+
+
+@dataclass
+class RunFiles:
+    """What a reader (report, sweep) sees of a run directory: its published files, parsed."""
+
+    path: Path
+    config: dict
+    metrics: list[dict]  # the rows of metrics.csv, as strings
+    test: dict | None  # test_metrics.json, once the run has finished
+
+
+def read(path) -> RunFiles:
+    """The published files of the run directory `path`, without the lock: each file is replaced
+    atomically, so it is whole, though during a commit one file may be an epoch ahead of another.
+    NotARun, with what is wrong, for a folder that is not a run."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_dir():
+        raise NotARun(f"{path}: not a run directory ({'no such folder' if not path.exists() else 'a file'}); "
+                      "pass folders that mlp-cli train created, e.g. runs/mnist_mlp-20261127-101500")
+    cfg_path = path / "config.yaml"
+    if not cfg_path.is_file():
+        raise NotARun(f"{path}: not a run directory (no config.yaml); pass folders that mlp-cli train created")
+    try:
+        config = yaml.safe_load(cfg_path.read_text())
+    except OSError as e:
+        raise NotARun(f"{cfg_path}: cannot read the run's config ({e.strerror or e})") from None
+    except (yaml.YAMLError, ValueError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise NotARun(f"{cfg_path}: malformed YAML{where} ({getattr(e, 'problem', None) or e}); "
+                      "not a config that mlp-cli train wrote") from None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in SECTIONS):
+        raise NotARun(f"{cfg_path}: not a config that mlp-cli train wrote (sections {', '.join(SECTIONS)} expected)")
+    try:
+        text = (path / "metrics.csv").read_text() if (path / "metrics.csv").exists() else ""
+        metrics = parse_metrics(text)
+    except (OSError, ValueError) as e:
+        raise NotARun(f"{path / 'metrics.csv'}: not a metrics file of mlp-cli train ({e})") from None
+    test = None
+    if (path / "test_metrics.json").is_file():
+        try:
+            test = json.loads((path / "test_metrics.json").read_text())
+        except (OSError, ValueError) as e:
+            raise NotARun(f"{path / 'test_metrics.json'}: unreadable ({e})") from None
+        if not isinstance(test, dict):
+            test = None
+    return RunFiles(path, config, metrics, test)
+
+
+def parse_metrics(text: str) -> list[dict]:
+    """The rows of a metrics.csv (dicts of strings); ValueError if it is not one."""
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+        if rows and not {"epoch", "val_acc"} <= set(rows[0]):
+            raise ValueError("columns epoch and val_acc expected")
+        for row in rows:
+            int(float(row["epoch"]))
+    except (TypeError, KeyError, csv.Error) as e:
+        raise ValueError(str(e)) from None
+    return rows
 
 
 def has_run(path) -> bool:

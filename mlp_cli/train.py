@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlp_cli import checkpoint, shapes
+from mlp_cli import checkpoint, rundir, shapes
 from mlp_cli.config import Config, ConfigError
 from mlp_cli.errors import CheckpointError, Divergence, RuntimeFailure, ShapeError, UsageError
 from mlp_cli.rundir import RunDir
@@ -226,9 +226,9 @@ def read_state(run: RunDir, generation=None) -> State:
     """The state a generation holds, checked; CheckpointError(reason) if a file is damaged."""
     raw = run.read("metrics.csv", generation)
     try:
-        rows = list(csv.DictReader(io.StringIO(raw.decode()))) if raw else []
+        rows = rundir.parse_metrics(raw.decode()) if raw else []
         epochs = [int(r["epoch"]) for r in rows]
-    except (UnicodeDecodeError, KeyError, TypeError, ValueError, csv.Error) as e:
+    except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"metrics.csv is not readable ({e})") from None
     last = run.file("last.safetensors", generation)
     if last is None:
@@ -313,7 +313,7 @@ def start_run(cfg: Config, run_dir, *, console: Console | None = None, on_epoch=
     """Train `cfg` in a new run directory `run_dir`. Raises ConfigError/ShapeError before anything
     is written, UsageError if the folder holds a run or is in use, SaveError if it cannot be
     written, DataError, Divergence, Interrupted."""
-    from mlp_cli import data, rundir
+    from mlp_cli import data
 
     rundir.check_creatable(run_dir)  # before any file of the data set is read
     cfg = data.resolve_config(cfg)  # what config.yaml records: the absolute data root, the image size

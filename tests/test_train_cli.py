@@ -333,7 +333,7 @@ def test_ema_is_what_is_validated_and_saved_and_resumes_bit_identically(tmp_path
     for out, decay in ((near0, 1e-9), (near1, 0.999999), (plain, 0.0)):
         assert run("train", "--config", cfg, "--out", out, "--quiet", "train.epochs=2", f"train.ema={decay}",
                    "data.val_size=0").exit_code == 0  # no validation: best = the last epoch
-    trained, start = weights(plain, "last.safetensors"), None
+    trained = weights(plain, "last.safetensors")
     for k, v in weights(near0, "best.safetensors").items():
         np.testing.assert_allclose(v, trained[k], rtol=1e-5, atol=1e-6)
     from mlp_cli import config as config_module

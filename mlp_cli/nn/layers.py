@@ -271,7 +271,7 @@ class Conv2d(Layer):
         return dx
 
     def _band_geometry(self):
-        (N, H, W, C), (kh, kw), (sh, sw), (dil_h, dil_w) = self.in_shape, self.kernel_size, self.stride, self.dilation
+        (_, H, W, _), kw, sw, dil_w = self.in_shape, self.kernel_size[1], self.stride[1], self.dilation[1]
         Ho, Wo = self.output_size(H, W)
         B = self.band
         return Ho, Wo // B, bandconv.block_input_width(B, kw, sw, dil_w)
