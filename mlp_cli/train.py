@@ -287,6 +287,10 @@ def _checked_state(run: RunDir, from_epoch: int | None) -> State:
 
 # ----------------------------------------------------------------------------- starting and resuming
 COMMIT_INTERVAL = 1.0  # seconds: the most a kill -9 can cost a run of very short epochs
+# An epoch whose mean training loss is this many times that of guessing (ln of the class count)
+# has diverged even if every number stayed finite: with a learning rate far too high the logits
+# grow without bound (the MNIST MLP at lr 10: 684 after the first epoch, 300 times ln 10).
+DIVERGED = 20
 EMA_PREFIX = "ema."  # the moving average's tensors in last.optim.safetensors, beside the optimizer's
 FROZEN_ON_RESUME = ("seed", "data", "model")  # they change what the finished epochs mean
 MOVABLE = ("data.root",)  # where the data lives, not what it is
@@ -507,6 +511,14 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
                     bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.2%}", lr=f"{lr:.3g}")
             seconds = time.perf_counter() - started
             bar.close()
+            chance = math.log(len(classes))
+            if loss_sum / seen > DIVERGED * chance:
+                raise Divergence(
+                    f"training diverged: the mean training loss of epoch {epoch + 1} was {loss_sum / seen:.4g}, more "
+                    f"than {DIVERGED} times that of guessing (ln {len(classes)} = {chance:.3g}; lr {lr:g}); lower the "
+                    f"learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}; "
+                    + (f"last good checkpoint: {run_dir / 'last.safetensors'} (epoch {epoch})" if epoch
+                       else "no epoch finished"))
 
             if ema is not None:
                 evaluated.load_state_dict(ema)

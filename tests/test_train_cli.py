@@ -347,3 +347,15 @@ def test_ema_is_what_is_validated_and_saved_and_resumes_bit_identically(tmp_path
             assert not np.allclose(trained[k], initial[k], rtol=0, atol=1e-4) or "running" in k or "bias" in k
     eval_json = json.loads(run("eval", "--checkpoint", straight / "best.safetensors", "--json").output)
     assert eval_json["accuracy"] == json.loads((straight / "test_metrics.json").read_text())["accuracy"]
+
+
+def test_a_finite_but_exploding_loss_is_a_divergence(tmp_path):
+    # lr 100 on circles: the logits grow without bound while every number stays finite.
+    r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", tmp_path / "r", "optim.lr=100",
+            "train.epochs=3", "train.plots=false")
+    assert r.exit_code == 1, r.output
+    assert "training diverged: the mean training loss of epoch 1" in r.output and "lower the learning rate" in r.output
+    # A run that learns is never near the bound.
+    r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", tmp_path / "ok", "train.epochs=3",
+            "train.plots=false", "--quiet")
+    assert r.exit_code == 0, r.output
