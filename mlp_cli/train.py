@@ -351,6 +351,15 @@ def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoc
                 f"--config {run.path / 'config.yaml'} {' '.join(overrides)} --out NEW_FOLDER")
         check_network(cfg)
         state = _checked_state(run, from_epoch)
+        # An override holds "from the next epoch": with none left to train it would hold for no
+        # epoch, yet config.yaml and history.yaml would claim the finished epochs used it.
+        if cfg.train.epochs < state.epoch:
+            raise UsageError(f"{run.path} already has {state.epoch} epochs, more than train.epochs="
+                             f"{cfg.train.epochs}; to train further give train.epochs above {state.epoch}")
+        if state.epoch >= cfg.train.epochs and set(changed) - {"train.epochs"}:
+            raise UsageError(f"{run.path} already has {state.epoch} epochs, so {', '.join(sorted(changed))} "
+                             f"would hold for no epoch; add train.epochs={state.epoch + 1} (or more) to train "
+                             f"further with them")
         if changed:
             _warn_schedule(console, cfg, state, saved)
             history = yaml.safe_load(run.read("history.yaml") or b"") or []
