@@ -579,11 +579,19 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
         with signals.hold():
             run.commit({"test_metrics.json": (json.dumps(test, indent=2) + "\n").encode()})
         if cfg.train.plots:
+            import warnings
+
             from mlp_cli import pictures
 
-            pictures.draw_run(run_dir, metrics=rows, classes=classes, confusion=test["confusion_matrix"],
-                              model=best_model, test_split=test_split, test_logits=logits, train_split=train_split,
-                              normalization=norm)
+            # A picture that cannot be drawn (a full disk) is one "warning:" line like the others,
+            # not Python's two-line warning that quotes this source line.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pictures.draw_run(run_dir, metrics=rows, classes=classes, confusion=test["confusion_matrix"],
+                                  model=best_model, test_split=test_split, test_logits=logits,
+                                  train_split=train_split, normalization=norm)
+            for warning in caught:
+                console.warn(str(warning.message))
     return RunResult(run_dir, len(rows), best_epoch, best_acc, test)
 
 

@@ -347,3 +347,19 @@ def test_ema_is_what_is_validated_and_saved_and_resumes_bit_identically(tmp_path
             assert not np.allclose(trained[k], initial[k], rtol=0, atol=1e-4) or "running" in k or "bias" in k
     eval_json = json.loads(run("eval", "--checkpoint", straight / "best.safetensors", "--json").output)
     assert eval_json["accuracy"] == json.loads((straight / "test_metrics.json").read_text())["accuracy"]
+
+
+def test_a_picture_that_cannot_be_drawn_is_one_warning_line_and_the_run_succeeds(tmp_path, monkeypatch):
+    from mlp_cli import pictures
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pictures, "draw_curves", full_disk)
+    r = CliRunner().invoke(main, ["train", "--config", str(ROOT / "configs" / "circles_mlp.yaml"), "--out",
+                                  str(tmp_path / "r"), "--quiet", "train.epochs=2"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if "curves.png" in line]
+    assert lines == [f"warning: could not draw {tmp_path / 'r' / 'curves.png'}: OSError: [Errno 28] No space left "
+                     "on device"], r.output
+    assert "RuntimeWarning" not in r.output and (tmp_path / "r" / "confusion.png").exists()
