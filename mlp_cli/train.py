@@ -355,6 +355,15 @@ def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoc
                 f"--config {run.path / 'config.yaml'} {' '.join(overrides)} --out NEW_FOLDER")
         check_network(cfg)
         state = _checked_state(run, from_epoch)
+        # An override holds "from the next epoch": with none left to train it would hold for no
+        # epoch, yet config.yaml and history.yaml would claim the finished epochs used it.
+        if cfg.train.epochs < state.epoch:
+            raise UsageError(f"{run.path} already has {state.epoch} epochs, more than train.epochs="
+                             f"{cfg.train.epochs}; to train further give train.epochs above {state.epoch}")
+        if state.epoch >= cfg.train.epochs and set(changed) - {"train.epochs"}:
+            raise UsageError(f"{run.path} already has {state.epoch} epochs, so {', '.join(sorted(changed))} "
+                             f"would hold for no epoch; add train.epochs={state.epoch + 1} (or more) to train "
+                             f"further with them")
         if changed:
             _warn_schedule(console, cfg, state, saved)
             history = yaml.safe_load(run.read("history.yaml") or b"") or []
@@ -582,11 +591,19 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
         with signals.hold():
             run.commit({"test_metrics.json": (json.dumps(test, indent=2) + "\n").encode()})
         if cfg.train.plots:
+            import warnings
+
             from mlp_cli import pictures
 
-            pictures.draw_run(run_dir, metrics=rows, classes=classes, confusion=test["confusion_matrix"],
-                              model=best_model, test_split=test_split, test_logits=logits, train_split=train_split,
-                              normalization=norm)
+            # A picture that cannot be drawn (a full disk) is one "warning:" line like the others,
+            # not Python's two-line warning that quotes this source line.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pictures.draw_run(run_dir, metrics=rows, classes=classes, confusion=test["confusion_matrix"],
+                                  model=best_model, test_split=test_split, test_logits=logits,
+                                  train_split=train_split, normalization=norm)
+            for warning in caught:
+                console.warn(str(warning.message))
     return RunResult(run_dir, len(rows), best_epoch, best_acc, test)
 
 

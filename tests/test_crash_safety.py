@@ -218,6 +218,22 @@ def test_resume_refuses_overrides_that_change_finished_epochs(tmp_path, override
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize("overrides", [["train.epochs=2"], ["optim.lr=0.5"], ["train.ema=0.9", "train.epochs=3"]])
+def test_resume_refuses_overrides_that_would_hold_for_no_epoch(tmp_path, overrides):
+    # A finished 3-epoch run: fewer epochs, or a change with no epoch left to train, would make
+    # config.yaml and history.yaml describe epochs that never ran that way.
+    out = tmp_path / "r"
+    assert run_cli("train", "--config", CIRCLES, "--out", out, "--quiet", "train.epochs=3",
+                   "train.plots=false").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    r = run_cli("train", "--resume", out, *overrides)
+    assert r.exit_code == 2, r.output
+    assert "already has 3 epochs" in r.output and "train.epochs" in r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # Ending an interrupted run early (train.epochs lowered to the epochs it has) is still allowed.
+    assert run_cli("train", "--resume", out, "--quiet", "train.epochs=3").exit_code == 0
+
+
 def test_resume_records_allowed_overrides_in_history_and_warns_about_the_schedule(tmp_path):
     out = tmp_path / "r"
     assert run_cli("train", "--config", CIRCLES, "--out", out, "--quiet", "train.epochs=3", "train.plots=false",

@@ -359,3 +359,19 @@ def test_a_finite_but_exploding_loss_is_a_divergence(tmp_path):
     r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", tmp_path / "ok", "train.epochs=3",
             "train.plots=false", "--quiet")
     assert r.exit_code == 0, r.output
+
+
+def test_a_picture_that_cannot_be_drawn_is_one_warning_line_and_the_run_succeeds(tmp_path, monkeypatch):
+    from mlp_cli import pictures
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pictures, "draw_curves", full_disk)
+    r = CliRunner().invoke(main, ["train", "--config", str(ROOT / "configs" / "circles_mlp.yaml"), "--out",
+                                  str(tmp_path / "r"), "--quiet", "train.epochs=2"])
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if "curves.png" in line]
+    assert lines == [f"warning: could not draw {tmp_path / 'r' / 'curves.png'}: OSError: [Errno 28] No space left "
+                     "on device"], r.output
+    assert "RuntimeWarning" not in r.output and (tmp_path / "r" / "confusion.png").exists()
