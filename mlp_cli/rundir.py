@@ -167,6 +167,7 @@ class RunDir:
         # "folder" or "files" when this process made the run (removed again if it fails before
         # its first epoch): the whole folder, or only its files in a folder that held others.
         self.created = created
+        self.restored: list[str] = []  # top-level files replaced by hand that `open` put back
 
     # ------------------------------------------------------------------ opening and closing
     @classmethod
@@ -236,7 +237,7 @@ class RunDir:
         except OSError as e:
             raise _cannot_write(path, e, "lock the run directory") from None
         try:
-            run.recover()
+            run.restored = run.recover()
         except OSError as e:
             run.release()
             raise _cannot_write(path, e, "recover the run directory") from None
@@ -317,8 +318,10 @@ class RunDir:
         fsync_dir(self.path / COMMITS)
         self._publish(generation)
 
-    def recover(self) -> None:
-        """Finish or discard whatever a crash interrupted; publish the newest generation."""
+    def recover(self) -> list[str]:
+        """Finish or discard whatever a crash interrupted; publish the newest generation. Returns
+        the top-level files that had been replaced by hand (an editor saves a new file) and are
+        now the committed version again: the caller says so."""
         commits = self.path / COMMITS
         _remove_tree(commits / PENDING)
         for stray in self.path.glob(".*.tmp"):  # temporary files of publish() and files.write_atomic()
@@ -326,8 +329,21 @@ class RunDir:
         if _newest(commits) is None and _plain_run(self.path):
             self._adopt_plain_files()
         newest = _newest(commits)
-        if newest is not None:
-            self._publish(newest)
+        if newest is None:
+            return []
+        replaced = [name for name in FILES if (self.path / name).is_file() and (newest / name).is_file()
+                    and not self._committed(self.path / name)]
+        self._publish(newest)
+        return replaced
+
+    def _committed(self, path: Path) -> bool:
+        """Whether a top-level file is one of a generation's (a crash in the middle of publishing
+        leaves some files of the generation before the newest: those are not edits)."""
+        versions = [gen / path.name for gen in self.generations() if (gen / path.name).is_file()]
+        if any(_same_file(path, v) for v in versions):
+            return True
+        data = path.read_bytes()  # where hard links are copies
+        return any(v.read_bytes() == data for v in versions)
 
     def _publish(self, generation: Path) -> None:
         for name in FILES:
@@ -492,7 +508,7 @@ def _cannot_write(path: Path, e: OSError, action: str, needed: int | None = None
     elif e.errno == errno.ENOTDIR:
         why = "a part of the path is a file, not a folder; choose another folder"
     elif e.errno == errno.ENOENT:
-        why = "a part of the path does not exist and cannot be created; choose another folder"
+        why = "no folder can be created there; choose another folder"
     else:
-        why = f"{e.strerror or e}"
+        why = f"{e.strerror or e}; choose another folder"
     return SaveError(f"cannot {action} {path}: {why}")

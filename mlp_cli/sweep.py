@@ -374,8 +374,9 @@ def best_trial(plan: Plan, rows: dict[str, dict]) -> dict | None:
     scored = [r for r in rows.values() if r[key] != ""]
     if not scored:
         return None
-    pick = max if METRICS[plan.metric] == "max" else min
-    return pick(scored, key=lambda r: float(r[key]))
+    if plan.metric == "val_acc":  # ties broken by the lower validation loss, as best.safetensors is chosen
+        return max(scored, key=lambda r: (float(r[key]), -float(r["best_val_loss"] or "inf")))
+    return min(scored, key=lambda r: float(r[key]))
 
 
 def reproduce_command(plan: Plan, trial_name: str, threads: int) -> str:

@@ -339,6 +339,10 @@ def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoc
 
     console = console or Console()
     run = RunDir.open(run_dir)
+    if run.restored:
+        console.warn(f"{', '.join(run.restored)} in {run.path} had been replaced since the last commit and is the "
+                     "committed version again; to change a setting of the run, pass it on the command line: "
+                     f"mlp-cli train --resume {run.path} KEY=VALUE")
     try:
         saved = yaml.safe_load(run.read("config.yaml") or b"")
         if not isinstance(saved, dict):
@@ -398,6 +402,8 @@ def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
 
 
 def _show(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # data.val_size 5000, not 5000.0
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
@@ -410,10 +416,13 @@ def _warn_schedule(console: Console, cfg: Config, state: State, saved: dict) -> 
         return
     now = [f"{lr_at(e, cfg.optim.lr, cfg.optim.schedule, cfg.train.epochs):.8g}" for e in range(done)]
     if now != [row["lr"] for row in state.rows]:
-        console.warn(f"the {cfg.optim.schedule.name} learning-rate schedule depends on train.epochs: epochs 1-{done} "
-                     f"followed it for a {old_epochs}-epoch run, epochs {done + 1}-{cfg.train.epochs} follow it for a "
-                     f"{cfg.train.epochs}-epoch run, so the result will differ from a {cfg.train.epochs}-epoch run "
-                     "trained from the start")
+        def span(a, b):
+            return f"epoch {a}" if a == b else f"epochs {a}-{b}"
+
+        console.warn(f"the {cfg.optim.schedule.name} learning-rate schedule depends on train.epochs: {span(1, done)} "
+                     f"followed it for a {old_epochs}-epoch run, {span(done + 1, cfg.train.epochs)} follow"
+                     f"{'s' if done + 1 == cfg.train.epochs else ''} it for a {cfg.train.epochs}-epoch run, so the result "
+                     f"will differ from a {cfg.train.epochs}-epoch run trained from the start")
 
 
 # ----------------------------------------------------------------------------- the loop

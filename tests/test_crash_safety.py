@@ -304,3 +304,18 @@ def test_full_disk_during_training_exits_1_and_the_last_checkpoint_still_evaluat
         assert 0 <= yaml.safe_load(r.stdout)["accuracy"] <= 1
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_file_replaced_by_hand_is_put_back_with_a_warning(tmp_path):
+    out = tmp_path / "r"
+    assert run_cli("train", "--config", CIRCLES, "--out", out, "--quiet", "train.epochs=2",
+                   "train.plots=false").exit_code == 0
+    committed = (out / "config.yaml").read_text()
+    (out / "config.yaml").unlink()  # what an editor does: a new file under the old name
+    (out / "config.yaml").write_text(committed.replace("lr: 0.03", "lr: 0.5"))
+    r = run_cli("train", "--resume", out, "train.epochs=3", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "config.yaml in" in r.output and "committed version again" in r.output and "KEY=VALUE" in r.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.03
+    r = run_cli("train", "--resume", out, "train.epochs=4", "--quiet")  # nothing replaced: no warning
+    assert r.exit_code == 0 and "warning" not in r.output
