@@ -93,7 +93,7 @@ def handle_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from mlp_cli.errors import RuntimeFailure, UsageError
+        from mlp_cli.errors import Interrupted, RuntimeFailure, UsageError
 
         streams = _guard_output()
         signal.signal(signal.SIGTERM, _terminated)  # what kill, Docker and Slurm send: like Ctrl-C
@@ -103,6 +103,8 @@ def handle_errors(command):
             raise  # click's own usage errors and exits
         except UsageError as e:
             fail(str(e), EXIT_USAGE)
+        except Interrupted as e:
+            fail(str(e), e.code)
         except RuntimeFailure as e:
             fail(str(e), EXIT_RUNTIME)
         except KeyboardInterrupt:
@@ -246,21 +248,18 @@ def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
     if from_epoch is not None and not resume_dir:
         fail("--from-epoch goes with --resume RUN_DIR", EXIT_USAGE)
     console = training.Console(quiet=quiet)
-    try:
-        if resume_dir:
-            if out:
-                fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
-            command = ["--resume", resume_dir] + (["--from-epoch", str(from_epoch)] if from_epoch is not None else [])
-            result = training.resume_run(resume_dir, overrides, console=console, from_epoch=from_epoch,
-                                         command=shlex.join(["mlp-cli", "train", *command, *overrides]))
-        else:
-            cfg = config.load(config_path, overrides)
-            _pitfall_warnings(cfg)
-            run_dir = out if out else _default_run_dir(config_path)
-            command = ["--config", config_path, "--out", str(run_dir), *overrides]
-            result = training.start_run(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]))
-    except training.Interrupted as e:
-        fail(str(e), e.code)
+    if resume_dir:
+        if out:
+            fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
+        command = ["--resume", resume_dir] + (["--from-epoch", str(from_epoch)] if from_epoch is not None else [])
+        result = training.resume_run(resume_dir, overrides, console=console, from_epoch=from_epoch,
+                                     command=shlex.join(["mlp-cli", "train", *command, *overrides]))
+    else:
+        cfg = config.load(config_path, overrides)
+        _pitfall_warnings(cfg)
+        run_dir = out if out else _default_run_dir(config_path)
+        command = ["--config", config_path, "--out", str(run_dir), *overrides]
+        result = training.start_run(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]))
     if result.best_val_acc is None:
         best = f"no validation split, best.safetensors is epoch {result.best_epoch}"
     else:
@@ -320,10 +319,7 @@ def sweep(config_path, sweep_file, out, resume_dir, address, early_stop, verbose
             hint = f"continue it with --resume {out}" if (out / sw.SWEEP_FILE).exists() else "choose another --out"
             fail(f"{out} already exists and is not empty; {hint}", EXIT_USAGE)
         plan = sw.make_plan(config_path, overrides, sweep_file, early_stop=early_stop)
-    try:
-        rows = sw.run(plan, out, resume=bool(resume_dir), address=address, verbose=verbose)
-    except sw.Interrupted as e:
-        fail(str(e), e.code)
+    rows = sw.run(plan, out, resume=bool(resume_dir), address=address, verbose=verbose)
     click.echo(sw.summary(plan, out, rows))
     if not any(r["status"] in ("done", "stopped") for r in rows.values()):
         fail(f"no trial finished; see the message column of {out / sw.RESULTS_FILE}", EXIT_RUNTIME)

@@ -38,3 +38,12 @@ class CheckpointError(RuntimeFailure):
 
 class Divergence(RuntimeFailure):
     """The training loss became NaN or infinite."""
+
+
+class Interrupted(RuntimeFailure):
+    """Ctrl-C (exit code 130) or SIGTERM (143) during training or a sweep, after what was finished
+    was committed; the message says how to continue."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code

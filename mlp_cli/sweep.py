@@ -42,7 +42,7 @@ import yaml
 
 from mlp_cli import config as config_mod
 from mlp_cli.config import ConfigError
-from mlp_cli.errors import RuntimeFailure, ShapeError, UsageError
+from mlp_cli.errors import Interrupted, RuntimeFailure, ShapeError, UsageError
 
 SWEEP_FILE, RESULTS_FILE, PLOT_FILE = "sweep.yaml", "results.csv", "sweep.png"
 METRICS = {"val_acc": "max", "val_loss": "min"}
@@ -53,14 +53,6 @@ FINAL = ("done", "stopped", "failed")  # --resume does not run these again
 DEFAULT_TRIAL_THREADS = 1
 MAX_FAILURES = 2  # restarts of a trial whose worker process died (not of a trial that failed)
 INSTALL_HINT = "mlp-cli sweep runs on Ray Tune, which is not installed; install it with: pip install 'mlp-cli[sweep]'"
-
-
-class Interrupted(RuntimeFailure):
-    """Ctrl-C (exit 130) or SIGTERM (exit 143) during a sweep, after the trials were stopped."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass

@@ -30,7 +30,7 @@ import numpy as np
 
 from mlp_cli import checkpoint, rundir, shapes
 from mlp_cli.config import Config, ConfigError
-from mlp_cli.errors import CheckpointError, Divergence, RuntimeFailure, ShapeError, UsageError
+from mlp_cli.errors import CheckpointError, Divergence, Interrupted, RuntimeFailure, ShapeError, UsageError
 from mlp_cli.rundir import RunDir
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -55,14 +55,6 @@ def best_row(rows: list[dict]) -> int | None:
         if is_better(float(acc), float(loss), best_acc, best_loss):
             best, best_acc, best_loss = i, float(acc), float(loss)
     return best
-
-
-class Interrupted(RuntimeFailure):
-    """Ctrl-C (exit code 130) or SIGTERM (143) during training; every finished epoch is committed."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
