@@ -276,14 +276,20 @@ def trial_names(keys: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def trial_configs(plan: Plan) -> dict[str, config_mod.Config]:
-    """Every trial's validated config (ConfigError/ShapeError naming the trial)."""
-    from mlp_cli import train
+    """Every trial's validated config, its data section resolved as `mlp-cli train` resolves it
+    (the absolute root; an image folder's image size, read once per distinct data section);
+    ConfigError/ShapeError naming the trial."""
+    from mlp_cli import data, train
 
-    configs = {}
+    configs, resolved = {}, {}
     for trial in plan.trials:
         source = f"trial {trial.name} ({' '.join(trial.overrides)})"
         try:
             cfg = config_mod.validate(config_mod.apply_overrides(plan.base, trial.overrides), source)
+            key = repr(cfg.data.model_dump())
+            if key not in resolved:
+                resolved[key] = data.resolve(cfg.data)
+            cfg = cfg.model_copy(update={"data": resolved[key]})
             train.check_network(cfg)
         except ConfigError as e:
             message = str(e)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -330,3 +331,23 @@ def test_ctrl_c_stops_the_sweep_with_130_and_leaves_it_resumable(tmp_path):
     rows = read_results(out)
     assert {r["status"] for r in rows.values()} == {"interrupted"}
     assert all(int(r["epochs"]) >= 3 and rundir.has_run(out / name) for name, r in rows.items())
+
+
+def test_trials_of_an_image_folder_without_image_size_are_resolved_as_train_resolves_them(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("a", "b"):
+            (tmp_path / "img" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((6, 5, 3), 40 * i, np.uint8)).save(tmp_path / "img" / split / c / f"{i}.png")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"dataset": "imagefolder", "root": str(tmp_path / "img"), "val_size": 2},
+        "model": {"layers": [{"type": "flatten"}, {"type": "linear", "out_features": 2}]},
+        "train": {"epochs": 1, "batch_size": 4}, "optim": {"lr": 0.1}}))
+    plan = sw.make_plan(str(cfg), ["optim.lr=0.1,0.2"])
+    configs = sw.trial_configs(plan)
+    assert len(configs) == 2
+    for c in configs.values():
+        assert c.data.image_size == (6, 5) and c.data.root == str(tmp_path / "img")
