@@ -210,8 +210,23 @@ def test_cifar10_cnn_improved_needs_ceil_mode():
                             "layer 12 (Flatten); set in_features to 576 or remove it")
 
 
+@pytest.mark.parametrize("name", ["cifar10_cnn_best.yaml", "cifar10_cnn_fast.yaml"])
+def test_cifar10_recipes_keep_the_practicals_network(name):
+    """The recipes change the training, not the net: the improved net's layers and widths on the
+    whole 32x32 image (pad-4 crops), so no ceil_mode, and no dropout (it cost accuracy)."""
+    infos = resolve_config(name)
+    improved = resolve_config("cifar10_cnn_improved.yaml")
+    without_dropout = [i for i in improved if i.type != "Dropout"]
+    assert [i.type for i in infos] == [i.type for i in without_dropout]
+    assert [i.params for i in infos] == [i.params for i in without_dropout]
+    assert shapes.total_params(infos) == 1_191_490
+    assert infos[0].input_shape == [3, 32, 32]
+    assert [i.output_shape for i in infos if i.type == "MaxPool2d"] == [[32, 16, 16], [64, 8, 8], [64, 4, 4]]
+    assert [i.arch["kernel_size"] for i in infos if i.type == "Conv2d"] == [5, 5, 5]
+
+
 @pytest.mark.parametrize("name", ["circles_mlp.yaml", "mnist_mlp.yaml", "mnist_lenet5.yaml", "cifar10_cnn.yaml",
-                                  "cifar10_cnn_improved.yaml"])
+                                  "cifar10_cnn_improved.yaml", "cifar10_cnn_best.yaml", "cifar10_cnn_fast.yaml"])
 def test_architecture_rebuilds_the_same_torch_net(name, torch1):
     torch = torch1
     cfg = config.load(CONFIGS / name)
