@@ -334,3 +334,37 @@ def test_damaged_checkpoint_metadata_is_one_line_exit_1(tmp_path, key, value, ex
             assert r.exit_code == 0, r.output  # predict needs nothing from the config here
             continue
         assert r.exit_code == 1 and expected in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- Ctrl-C while starting
+_CTRL_C_DURING_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class CtrlCWhileImportingTheCommands(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "mlp_cli.cli":
+            os.kill(os.getpid(), signal.SIGINT)  # as a user's Ctrl-C in the first ~80 ms
+        return None
+
+sys.meta_path.insert(0, CtrlCWhileImportingTheCommands())
+sys.argv = ["mlp-cli", "--help"]
+from {module} import main
+sys.exit(main())
+"""
+
+
+def test_ctrl_c_while_the_commands_are_imported_is_exit_130_without_traceback():
+    r = subprocess.run([sys.executable, "-c", _CTRL_C_DURING_IMPORT.format(module="mlp_cli.entry")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert (r.returncode, r.stderr, r.stdout) == (130, "error: interrupted\n", "")
+    # The console script's entry point is this module (cli.main alone would show the traceback).
+    scripts = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["mlp-cli"] == "mlp_cli.entry:main"
+
+
+def test_after_starting_ctrl_c_is_python_s_again_for_the_commands_to_handle():
+    code = ("import signal, sys; sys.argv = ['mlp-cli', '--version']; from mlp_cli.entry import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.splitlines()[-1] == "True", r.stderr
