@@ -27,8 +27,6 @@ from pathlib import Path
 
 from mlp_cli import rundir
 
-RunDirError = rundir.NotARun  # a path that is not a readable run directory (exit 2)
-
 
 @dataclass
 class Run:
@@ -193,7 +191,7 @@ def sweep_runs(path: Path) -> list[Path]:
 
 def load_runs(paths) -> tuple[list[Run], list[str]]:
     """(the runs of `paths`, a message per path that is not a run); sweep folders stand for the runs
-    of their trials. RunDirError if no run is left."""
+    of their trials. rundir.NotARun if no run is left."""
     expanded, skipped = [], []
     for p in map(Path, paths):
         if (p / "results.csv").is_file() and (p / "sweep.yaml").is_file() and not (p / "config.yaml").exists():
@@ -211,10 +209,10 @@ def load_runs(paths) -> tuple[list[Run], list[str]]:
     for path in expanded:
         try:
             runs.append(load_run(path))
-        except RunDirError as e:
+        except rundir.NotARun as e:
             skipped.append(str(e))
     if not runs:
-        raise RunDirError(skipped[0] if len(skipped) == 1 else
+        raise rundir.NotARun(skipped[0] if len(skipped) == 1 else
                           f"none of the {len(skipped)} folders is a run directory; the first: {skipped[0]}")
     names = [r.name for r in runs]
     for r in runs:  # two runs with the same folder name: show the parent too

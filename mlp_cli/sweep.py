@@ -327,7 +327,7 @@ def read_plan(out) -> Plan:
 
 def result_row(plan: Plan, trial: Trial, out: Path, status: str, message: str = "") -> dict:
     """A results.csv row: the varied values, the status, and what the run directory holds."""
-    from mlp_cli import report
+    from mlp_cli import report, rundir
 
     row = {"trial": trial.name}
     row.update({item.partition("=")[0]: item.partition("=")[2] for item in trial.overrides})
@@ -335,7 +335,7 @@ def result_row(plan: Plan, trial: Trial, out: Path, status: str, message: str = 
                message=message)
     try:
         run = report.load_run(out / trial.name)
-    except report.RunDirError:
+    except rundir.NotARun:
         return row
     acc, epoch = run.best
     losses = [float(r["val_loss"]) for r in run.metrics if r.get("val_loss")]
@@ -400,13 +400,13 @@ def summary(plan: Plan, out: Path, rows: dict[str, dict]) -> str:
 
 
 def draw(plan: Plan, out: Path, rows: dict[str, dict]) -> Path:
-    from mlp_cli import pictures, report
+    from mlp_cli import pictures, report, rundir
 
     curves = []
     for trial in plan.trials:
         try:
             run = report.load_run(out / trial.name)
-        except report.RunDirError:
+        except rundir.NotARun:
             continue
         curves.append((trial.name, *run.val_curve(), rows[trial.name]["status"]))
     key = "best_val_acc" if plan.metric == "val_acc" else "best_val_loss"

@@ -418,6 +418,12 @@ def _warn_schedule(console: Console, cfg: Config, state: State, saved: dict) -> 
 
 
 # ----------------------------------------------------------------------------- the loop
+def _divergence(what: str, epoch: int, cfg: Config, run_dir: Path) -> Divergence:
+    """A diverged run's one message: what happened, the fix, and what was kept (`epoch` finished ones)."""
+    kept = f"last good checkpoint: {run_dir / 'last.safetensors'} (epoch {epoch})" if epoch else "no epoch finished"
+    return Divergence(f"training diverged: {what}; lower the learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}; {kept}")
+
+
 def _train(run: RunDir, cfg: Config, state: State, console: Console, on_epoch) -> RunResult:
     signals = StopSignals()
     try:
@@ -504,11 +510,8 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
                     logits = model.forward(x)
                     loss, dlogits = softmax_cross_entropy(logits, y, cfg.train.label_smoothing)
                 if not math.isfinite(loss):
-                    where = (f"last good checkpoint: {run_dir / 'last.safetensors'} (epoch {epoch})" if epoch
-                             else "no epoch finished")
-                    raise Divergence(
-                        f"training diverged: the loss became {loss} at epoch {epoch + 1}, batch {step + 1} "
-                        f"(lr {lr:g}); lower the learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}; {where}")
+                    raise _divergence(f"the loss became {loss} at epoch {epoch + 1}, batch {step + 1} (lr {lr:g})",
+                                      epoch, cfg, run_dir)
                 model.backward(dlogits)
                 optimizer.step(model.named_params(), model.named_grads(), lr)
                 if ema is not None:
@@ -523,12 +526,9 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
             bar.close()
             chance = math.log(len(classes))
             if loss_sum / seen > DIVERGED * chance:
-                raise Divergence(
-                    f"training diverged: the mean training loss of epoch {epoch + 1} was {loss_sum / seen:.4g}, more "
-                    f"than {DIVERGED} times that of guessing (ln {len(classes)} = {chance:.3g}; lr {lr:g}); lower the "
-                    f"learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}; "
-                    + (f"last good checkpoint: {run_dir / 'last.safetensors'} (epoch {epoch})" if epoch
-                       else "no epoch finished"))
+                raise _divergence(f"the mean training loss of epoch {epoch + 1} was {loss_sum / seen:.4g}, more than "
+                                  f"{DIVERGED} times that of guessing (ln {len(classes)} = {chance:.3g}; lr {lr:g})",
+                                  epoch, cfg, run_dir)
 
             if ema is not None:
                 evaluated.load_state_dict(ema)
