@@ -28,11 +28,14 @@ def test_band_equals_im2col(seed, dtype, tol):
 
 @pytest.mark.parametrize("B", [1, 2, 4, 8])
 def test_every_block_width_equals_im2col(B, monkeypatch):
-    """Each block width that tiles the row (8 outputs) gives im2col's results."""
+    """Each block width that tiles the row (8 outputs) gives im2col's results, also when the
+    batch is copied in several blocks of images (here 2, 2 and 1 of 5)."""
     monkeypatch.setattr(convcost, "choose", lambda *a, methods: ("band", B))
+    monkeypatch.setattr(L, "BLOCK_IMAGES", 2)
+    monkeypatch.setattr(L, "BLOCK_BYTES", 1)
     conv = dict(in_channels=2, out_channels=3, kernel_size=(3, 4), padding=(1, 2), stride=(1, 2), dilation=(2, 1))
     rng = np.random.default_rng(B)
-    x = rng.standard_normal((3, 2, 9, 15))
+    x = rng.standard_normal((5, 2, 9, 15))
     ref, got = step("im2col", conv, x, 0, np.float64), step("band", conv, x, 0, np.float64)
     for a, b in [(ref[0], got[0]), (ref[1], got[1])] + [(ref[2][k], got[2][k]) for k in ref[2]]:
         assert np.abs(a - b).max() <= 1e-11 * max(np.abs(a).max(), 1.0)

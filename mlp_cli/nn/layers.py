@@ -36,6 +36,14 @@ def _nchw(x: np.ndarray) -> np.ndarray:
 
 
 BLOCK_IMAGES = 8  # images per im2col/col2im block: a block's columns fit in a core's cache
+BLOCK_BYTES = 1 << 22  # at least this much of a block's copied rows: fewer, longer NumPy calls
+
+
+def _block_images(image_bytes: int) -> int:
+    """Images per block of a copy-then-product loop: BLOCK_IMAGES, or more for small images
+    (LeNet-5's), since each NumPy call holds the GIL for its fixed overhead and short calls
+    keep the other thread waiting."""
+    return max(BLOCK_IMAGES, BLOCK_BYTES // max(image_bytes, 1))
 
 
 def _windows(xp: np.ndarray, out_size, kernel, stride, dilation) -> np.ndarray:
@@ -283,6 +291,15 @@ class Conv2d(Layer):
             for i in range(kh):
                 yield i, b, (slice(None), _window(i, dil_h, sh, Ho), slice(b * self.band * sw, b * self.band * sw + Bw))
 
+    def _band_rows(self, xp, Ho, nb, Bw):
+        """Read-only view (N, Ho, nb, kh, Bw, C) of a padded NHWC array: element [n, y, b, i, x, c]
+        is xp[n, y*sh + i*dh, b*B*sw + x, c], the product rows of the banded method. No data is copied."""
+        sn, sy, sx, sc = xp.strides
+        (kh, _), (sh, sw), (dil_h, _) = self.kernel_size, self.stride, self.dilation
+        return np.lib.stride_tricks.as_strided(
+            xp, (xp.shape[0], Ho, nb, kh, Bw, xp.shape[3]), (sn, sy * sh, sx * self.band * sw, sy * dil_h, sx, sc),
+            writeable=False)
+
     def _forward_band(self, xh):
         """xh (N, H, W, C) -> (N, Ho, Wo, F), by one banded product (bandconv.py)."""
         N, H, W, C = xh.shape
@@ -296,14 +313,14 @@ class Conv2d(Layer):
         T = bandconv.band_matrix(weight, self.band, sw, dil_w)
         bias_row = None if bias is None else np.tile(bias, self.band)
         out = np.empty((N * R, T.shape[1]), xh.dtype)
+        block = _block_images(rows[0].nbytes)
 
-        def run(b0, b1):  # the copies and the product, a few images at a time (still in cache)
-            for c0 in range(b0, b1, BLOCK_IMAGES):
-                c1 = min(c0 + BLOCK_IMAGES, b1)
+        def run(b0, b1):  # the copy and the product, a few images at a time (still in cache)
+            for c0 in range(b0, b1, block):
+                c1 = min(c0 + block, b1)
                 if ph or pw:
                     xp[c0:c1, ph:ph + H, pw:pw + W, :] = xh[c0:c1]
-                for i, b, window in self._band_windows(xp[c0:c1], Ho, nb, Bw):
-                    rows[c0:c1, :, b, i] = xp[c0:c1][window]
+                np.copyto(rows[c0:c1], self._band_rows(xp[c0:c1], Ho, nb, Bw))
                 np.matmul(rows2d[c0 * R:c1 * R], T, out=out[c0 * R:c1 * R])
                 if bias_row is not None:
                     out[c0 * R:c1 * R] += bias_row
