@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli.nn import bandconv, convcost
+from mlp_cli.nn import bandconv, compiled, convcost
 from mlp_cli.nn.dftconv import DFTConv, mix
 from mlp_cli.nn.parallel import ordered_sum, over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
@@ -459,7 +459,13 @@ class _Pool2d(Layer):
 
 
 class MaxPool2d(_Pool2d):
-    """Max pooling (torch.nn.MaxPool2d): padding counts as -inf, ties go to the first maximum."""
+    """Max pooling (torch.nn.MaxPool2d): padding counts as -inf, ties go to the first maximum.
+
+    A 2x2 window with stride 2 over an even-sized input runs the compiled kernels of compiled.py
+    where Numba is installed (`use_compiled`), other windows the NumPy code below, which is the
+    reference: the two give identical results."""
+
+    use_compiled = True  # class-wide; tests set it per layer to compare with the NumPy reference
 
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, C, Ho, Wo)."""
@@ -468,9 +474,15 @@ class MaxPool2d(_Pool2d):
         Ho, Wo, Hp, Wp = self._geometry(H, W)
         xp = self._padded(xh, Hp, Wp, -np.inf)
         out = np.empty((N, Ho, Wo, C), xh.dtype)
+        use_kernel = self._compiled_applies(H, W)
+        if use_kernel:
+            xp = np.ascontiguousarray(xp)
 
         def pool(b0, b1):
             o = out[b0:b1]
+            if use_kernel:
+                compiled.maxpool2x2_forward(xp[b0:b1], o)
+                return
             for k, window in self._offsets(Ho, Wo):
                 v = xp[b0:b1][window]
                 if k == 0:
@@ -491,6 +503,11 @@ class MaxPool2d(_Pool2d):
             np.copyto(found, k, where=(found < 0) & (self.xp[window] == self.out))
         return found
 
+    def _compiled_applies(self, H, W) -> bool:
+        return (self.use_compiled and self.kernel_size == (2, 2) and self.stride == (2, 2)
+                and self.padding == (0, 0) and self.dilation == (1, 1) and H % 2 == 0 and W % 2 == 0
+                and compiled.available())
+
     def backward(self, dout):
         """dout: (N, C, Ho, Wo) -> dx: (N, C, H, W), routed to the first maximum of each window
         (scanning the window row by row, as PyTorch does)."""
@@ -498,6 +515,13 @@ class MaxPool2d(_Pool2d):
         Ho, Wo, Hp, Wp = self.geometry
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         dh = _nhwc(dout)
+        if self._compiled_applies(H, W):
+            xp, out, d = (np.ascontiguousarray(a, dout.dtype) for a in (self.xp, self.out, dh))
+            dx = np.empty((N, H, W, C), dout.dtype)
+            over_batch(lambda b0, b1: compiled.maxpool2x2_backward(xp[b0:b1], out[b0:b1], d[b0:b1], dx[b0:b1]),
+                       N, dx.size)
+            self.xp = self.out = None
+            return _nchw(dx)
         # Windows that tile the (padded) input, like 2x2 with stride 2, touch every input once:
         # each offset's share is written straight into place, with no zeroing and no sums.
         tiling = (sh, sw) == (kh, kw) and self.dilation == (1, 1) and (Hp, Wp) == (Ho * sh, Wo * sw)

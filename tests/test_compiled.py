@@ -1,0 +1,122 @@
+"""The compiled max pooling (nn/compiled.py) against the NumPy reference in MaxPool2d.backward:
+bit-identical gradients, ties and NaN included; cached machine code; NumPy without Numba."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mlp_cli.nn import compiled
+from mlp_cli.nn.layers import MaxPool2d
+
+pytestmark = pytest.mark.skipif(not compiled.available(), reason="Numba is not installed")
+
+
+def channels_last(shape, values):
+    """An NCHW view of channels-last memory, the layout the engine's layers pass on."""
+    n, c, h, w = shape
+    return np.ascontiguousarray(values.reshape(n, c, h, w).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def pool_gradients(x, dout, use_compiled):
+    pool = MaxPool2d(2)
+    pool.use_compiled = use_compiled
+    out = pool.forward(x)
+    dx = pool.backward(dout)
+    return out, dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 6, 28, 28), (3, 1, 2, 2), (4, 32, 8, 6), (130, 7, 4, 10)])
+def test_compiled_pooling_equals_the_numpy_reference(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    # Rounded values make ties inside windows common, and all-equal windows (the first input takes all).
+    x = channels_last(shape, np.round(rng.standard_normal(shape) * 1.5).astype(dtype))
+    n, c, h, w = shape
+    dout = channels_last((n, c, h // 2, w // 2), rng.standard_normal((n, c, h // 2, w // 2)).astype(dtype))
+    out_c, dx_c = pool_gradients(x, dout, True)
+    out_r, dx_r = pool_gradients(x, dout, False)
+    assert np.array_equal(out_c, out_r) and np.array_equal(np.signbit(out_c), np.signbit(out_r))
+    assert dx_c.dtype == dx_r.dtype == dtype
+    assert np.array_equal(dx_c, dx_r)
+    # Every window routes its whole gradient to exactly one input.
+    assert np.count_nonzero(dx_c) == np.count_nonzero(dout)
+    assert np.allclose(dx_c.reshape(n, c, h // 2, 2, w // 2, 2).sum(axis=(3, 5)), dout)
+
+
+def test_signed_zeros_and_nan_give_the_reference_maxima():
+    x = np.array([[[[0.0, -0.0], [-0.0, 0.0]]], [[[-0.0, 0.0], [0.0, -0.0]]], [[[-0.0, -0.0], [-1.0, -0.0]]],
+                  [[[1.0, np.nan], [2.0, 3.0]]], [[[np.nan, 1.0], [2.0, 3.0]]]])
+    outs = [MaxPool2d(2) for _ in range(2)]
+    outs[1].use_compiled = False
+    out_c, out_r = (p.forward(x).ravel() for p in outs)
+    assert np.array_equal(out_c, out_r, equal_nan=True)
+    assert np.signbit(out_c).tolist() == np.signbit(out_r).tolist()
+
+
+def test_ties_go_to_the_first_input_in_row_major_order_and_nan_routes_nowhere():
+    x = np.array([[[[1.0, 1.0], [1.0, 1.0]]],      # all equal: the top-left one
+                  [[[0.0, 2.0], [2.0, 2.0]]],      # the top-right one
+                  [[[-3.0, -5.0], [-1.0, -1.0]]],  # bottom-left
+                  [[[0.0, np.nan], [4.0, 1.0]]]])  # a NaN maximum equals nothing
+    dout = np.full((4, 1, 1, 1), 7.0)
+    for use_compiled in (True, False):
+        _, dx = pool_gradients(x, dout, use_compiled)
+        assert dx[0, 0].tolist() == [[7, 0], [0, 0]]
+        assert dx[1, 0].tolist() == [[0, 7], [0, 0]]
+        assert dx[2, 0].tolist() == [[0, 0], [7, 0]]
+        assert dx[3, 0].tolist() == [[0, 0], [0, 0]]
+
+
+def test_other_pool_geometries_keep_the_numpy_path():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 7))  # odd size: no 2x2 tiling
+    pool = MaxPool2d(2)
+    pool.forward(x)
+    assert not pool._compiled_applies(7, 7)
+    assert MaxPool2d(3, 2)._compiled_applies(8, 8) is False
+    assert MaxPool2d(2)._compiled_applies(8, 8) is True
+
+
+def run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+KERNEL_CALL = (
+    "import numpy as np; from mlp_cli.nn import compiled\n"
+    "x = np.zeros((1, 2, 2, 1), np.float32); d = np.ones((1, 1, 1, 1), np.float32); dx = np.empty_like(x)\n"
+    "compiled.maxpool2x2_backward(x, x[:, :1, :1], d, dx)\n"
+    "stats = compiled._kernels()['maxpool2x2_backward'].stats\n"
+    "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
+)
+
+
+def test_machine_code_is_cached_so_a_second_run_does_not_compile(tmp_path):
+    first = run_python(KERNEL_CALL, NUMBA_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["0", "1"]  # compiled once...
+    assert any(p.suffix == ".nbi" for p in tmp_path.rglob("*"))  # ...and written to the cache
+    second = run_python(KERNEL_CALL, NUMBA_CACHE_DIR=str(tmp_path))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split() == ["1", "0"]  # loaded, not compiled
+
+
+def test_without_numba_the_layers_run_the_numpy_reference_and_importing_them_does_not_load_numba():
+    code = (
+        "import sys\n"
+        "import mlp_cli.nn.layers, mlp_cli.nn.model\n"
+        "assert 'numba' not in sys.modules, 'numba imported with the layers'\n"
+        "sys.modules['numba'] = None\n"  # as if not installed
+        "import numpy as np\n"
+        "from mlp_cli.nn import compiled\n"
+        "from mlp_cli.nn.layers import MaxPool2d\n"
+        "assert not compiled.available()\n"
+        "p = MaxPool2d(2); p.forward(np.arange(16.0).reshape(1, 1, 4, 4))\n"
+        "print(p.backward(np.ones((1, 1, 2, 2))).ravel().tolist())\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == str([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0] + [0.0] * 5 + [1.0, 0.0, 1.0])
