@@ -30,84 +30,74 @@ maximum, which equals nothing and routes nowhere, included); tests/test_compiled
 Branch-free selects keep the loop fast on random data (a branch per input mispredicts half
 the time).
 
-Numba is imported on the first call, not with this module, so commands that never pool do
-not pay its import; the machine code is cached on disk (`cache=True`: beside this file, or in
-NUMBA_CACHE_DIR), so only the first run on a machine compiles (about a second). Without
-Numba, `available()` is False and the layers run the NumPy reference.
+The layers import this module (and with it Numba) on the first pooling call, not before, so
+commands that never pool do not pay Numba's import; without Numba they run the NumPy reference
+(layers.compiled_kernels() is None). The machine code is cached on disk (`cache=True`: beside
+this file, or in NUMBA_CACHE_DIR), so only the first run on a machine compiles (about a second
+a kernel); the kernels are module-level functions, which Numba's cache can find again.
 """
 
 from __future__ import annotations
 
-import functools
+import numpy as np
+from numba import njit
 
 
-@functools.cache
-def _kernels():
-    """The compiled functions, built (or loaded from the cache) on first use; None without Numba."""
-    try:
-        from numba import njit
-    except ImportError:
-        return None
-
-    @njit(inline="always")
-    def maximum(a, b):
-        """np.maximum's choice exactly: a NaN wins, and of equal values (0.0 and -0.0) the second."""
-        return a if (a > b) | (a != a) else b
-
-    @njit(nogil=True, cache=True)  # nogil: the engine's threads run it on batch ranges in parallel
-    def maxpool2x2_backward(xp, out, d, dx, C):
-        """xp, dx: (2R, 2*Wo*C) input rows; out, d: (R, Wo*C) output rows."""
-        R, WC = out.shape
-        for r in range(R):
-            a, b, da, db = xp[2 * r], xp[2 * r + 1], dx[2 * r], dx[2 * r + 1]
-            o, g = out[r], d[r]
-            for x in range(WC // C):
-                for c in range(C):
-                    q = x * C + c
-                    p = q + x * C
-                    m = o[q]
-                    hit0 = a[p] == m
-                    hit1 = (a[p + C] == m) & ~hit0
-                    seen = hit0 | hit1
-                    hit2 = (b[p] == m) & ~seen
-                    hit3 = (b[p + C] == m) & ~(seen | hit2)
-                    v = g[q]
-                    da[p] = v if hit0 else 0.0
-                    da[p + C] = v if hit1 else 0.0
-                    db[p] = v if hit2 else 0.0
-                    db[p + C] = v if hit3 else 0.0
-
-    @njit(nogil=True, cache=True)
-    def maxpool2x2_forward(xp, out, C):
-        """xp: (2R, 2*Wo*C) input rows -> out: (R, Wo*C) output rows."""
-        R, WC = out.shape
-        for r in range(R):
-            a, b, o = xp[2 * r], xp[2 * r + 1], out[r]
-            for x in range(WC // C):
-                for c in range(C):
-                    q = x * C + c
-                    p = q + x * C
-                    o[q] = maximum(maximum(maximum(a[p], a[p + C]), b[p]), b[p + C])
-
-    return {"maxpool2x2_backward": maxpool2x2_backward, "maxpool2x2_forward": maxpool2x2_forward}
+@njit(inline="always", cache=True)
+def _maximum(a, b):
+    """np.maximum's choice exactly: a NaN wins, and of equal values (0.0 and -0.0) the second."""
+    return a if (a > b) | (a != a) else b
 
 
-def available() -> bool:
-    return _kernels() is not None
+@njit(nogil=True, cache=True)  # nogil: the engine's threads run it on batch ranges in parallel
+def _maxpool2x2_forward(xp, out, C):
+    """xp: (2R, 2*Wo*C) input rows -> out: (R, Wo*C) output rows."""
+    R, WC = out.shape
+    for r in range(R):
+        a, b, o = xp[2 * r], xp[2 * r + 1], out[r]
+        for x in range(WC // C):
+            for c in range(C):
+                q = x * C + c
+                p = q + x * C
+                o[q] = _maximum(_maximum(_maximum(a[p], a[p + C]), b[p]), b[p + C])
 
 
-def maxpool2x2_forward(xp, out) -> None:
+@njit(nogil=True, cache=True)
+def _maxpool2x2_backward(xp, out, d, dx, C):
+    """xp, dx: (2R, 2*Wo*C) input rows; out, d: (R, Wo*C) output rows."""
+    R, WC = out.shape
+    for r in range(R):
+        a, b, da, db = xp[2 * r], xp[2 * r + 1], dx[2 * r], dx[2 * r + 1]
+        o, g = out[r], d[r]
+        for x in range(WC // C):
+            for c in range(C):
+                q = x * C + c
+                p = q + x * C
+                m = o[q]
+                hit0 = a[p] == m
+                hit1 = (a[p + C] == m) & ~hit0
+                seen = hit0 | hit1
+                hit2 = (b[p] == m) & ~seen
+                hit3 = (b[p + C] == m) & ~(seen | hit2)
+                v = g[q]
+                da[p] = v if hit0 else 0.0
+                da[p + C] = v if hit1 else 0.0
+                db[p] = v if hit2 else 0.0
+                db[p + C] = v if hit3 else 0.0
+
+
+def maxpool2x2_forward(xp: np.ndarray, out: np.ndarray) -> None:
     """2x2 max pooling with stride 2 of images [0, N) of NHWC arrays: xp (N, 2Ho, 2Wo, C),
     C-contiguous -> writes out (N, Ho, Wo, C), each window's maximum (NaN if it holds one)."""
     N, H, W, C = xp.shape
-    _kernels()["maxpool2x2_forward"](xp.reshape(N * H, W * C), out.reshape(N * H // 2, -1), C)
+    _maxpool2x2_forward(xp.reshape(N * H, W * C), out.reshape(N * H // 2, -1), C)
 
 
-def maxpool2x2_backward(xp, out, d, dx) -> None:
+def maxpool2x2_backward(xp: np.ndarray, out: np.ndarray, d: np.ndarray, dx: np.ndarray) -> None:
     """2x2 max pooling with stride 2, backward, for images [0, N) of NHWC arrays:
     xp (N, 2Ho, 2Wo, C) the forward's input, out (N, Ho, Wo, C) its output, d (N, Ho, Wo, C)
     the output's gradient; writes dx (N, 2Ho, 2Wo, C), the input's gradient. xp, out and d
     must be C-contiguous with the same dtype as dx."""
     N, H, W, C = xp.shape
-    _kernels()["maxpool2x2_backward"](xp.reshape(N * H, W * C), out.reshape(N * H // 2, -1),
-                                      d.reshape(N * H // 2, -1), dx.reshape(N * H, W * C), C)
+    _maxpool2x2_backward(xp.reshape(N * H, W * C), out.reshape(N * H // 2, -1),
+                         d.reshape(N * H // 2, -1), dx.reshape(N * H, W * C), C)

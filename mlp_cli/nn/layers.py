@@ -14,9 +14,11 @@ Conventions (see docs/design.md):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from mlp_cli.nn import bandconv, compiled, convcost
+from mlp_cli.nn import bandconv, convcost
 from mlp_cli.nn.dftconv import DFTConv, mix
 from mlp_cli.nn.parallel import ordered_sum, over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
@@ -425,6 +427,17 @@ class Conv2d(Layer):
 
 
 # ----------------------------------------------------------------------------- pooling
+@functools.cache
+def compiled_kernels():
+    """The module of compiled kernels (compiled.py), imported on first use since Numba takes a
+    while to load; None where Numba is not installed."""
+    try:
+        from mlp_cli.nn import compiled
+    except ImportError:
+        return None
+    return compiled
+
+
 class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
@@ -481,7 +494,7 @@ class MaxPool2d(_Pool2d):
         def pool(b0, b1):
             o = out[b0:b1]
             if use_kernel:
-                compiled.maxpool2x2_forward(xp[b0:b1], o)
+                compiled_kernels().maxpool2x2_forward(xp[b0:b1], o)
                 return
             for k, window in self._offsets(Ho, Wo):
                 v = xp[b0:b1][window]
@@ -506,7 +519,7 @@ class MaxPool2d(_Pool2d):
     def _compiled_applies(self, H, W) -> bool:
         return (self.use_compiled and self.kernel_size == (2, 2) and self.stride == (2, 2)
                 and self.padding == (0, 0) and self.dilation == (1, 1) and H % 2 == 0 and W % 2 == 0
-                and compiled.available())
+                and compiled_kernels() is not None)
 
     def backward(self, dout):
         """dout: (N, C, Ho, Wo) -> dx: (N, C, H, W), routed to the first maximum of each window
@@ -518,8 +531,8 @@ class MaxPool2d(_Pool2d):
         if self._compiled_applies(H, W):
             xp, out, d = (np.ascontiguousarray(a, dout.dtype) for a in (self.xp, self.out, dh))
             dx = np.empty((N, H, W, C), dout.dtype)
-            over_batch(lambda b0, b1: compiled.maxpool2x2_backward(xp[b0:b1], out[b0:b1], d[b0:b1], dx[b0:b1]),
-                       N, dx.size)
+            kernel = compiled_kernels().maxpool2x2_backward
+            over_batch(lambda b0, b1: kernel(xp[b0:b1], out[b0:b1], d[b0:b1], dx[b0:b1]), N, dx.size)
             self.xp = self.out = None
             return _nchw(dx)
         # Windows that tile the (padded) input, like 2x2 with stride 2, touch every input once:
