@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from mlp_cli.nn.layers import MaxPool2d, compiled_kernels
+from mlp_cli.nn import compiled_kernels
+from mlp_cli.nn.layers import MaxPool2d
 
 pytestmark = pytest.mark.skipif(compiled_kernels() is None, reason="Numba is not installed")
 
@@ -110,7 +111,8 @@ def test_without_numba_the_layers_run_the_numpy_reference_and_importing_them_doe
         "assert 'numba' not in sys.modules, 'numba imported with the layers'\n"
         "sys.modules['numba'] = None\n"  # as if not installed
         "import numpy as np\n"
-        "from mlp_cli.nn.layers import MaxPool2d, compiled_kernels\n"
+        "from mlp_cli.nn import compiled_kernels\n"
+        "from mlp_cli.nn.layers import MaxPool2d\n"
         "assert compiled_kernels() is None\n"
         "p = MaxPool2d(2); p.forward(np.arange(16.0).reshape(1, 1, 4, 4))\n"
         "print(p.backward(np.ones((1, 1, 2, 2))).ravel().tolist())\n"
@@ -118,3 +120,47 @@ def test_without_numba_the_layers_run_the_numpy_reference_and_importing_them_doe
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == str([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0] + [0.0] * 5 + [1.0, 0.0, 1.0])
+
+
+def flat_network(dtype, rng):
+    """Two parameters and their gradients as consecutive views of one buffer each, as model.build lays them out."""
+    params_flat, grads_flat = rng.standard_normal(50).astype(dtype), np.zeros(50, dtype)
+    params = {"0.weight": params_flat[:40].reshape(5, 8), "0.bias": params_flat[40:]}
+    grads = {"0.weight": grads_flat[:40].reshape(5, 8), "0.bias": grads_flat[40:]}
+    return params, grads, grads_flat
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (False, 1e-3), (True, 5e-4), (True, 0.0)])
+def test_compiled_sgd_step_equals_the_numpy_reference(dtype, nesterov, weight_decay, monkeypatch):
+    from mlp_cli.nn import optim
+
+    results = []
+    for use_compiled in (True, False):
+        if not use_compiled:
+            monkeypatch.setattr(optim, "compiled_kernels", lambda: None)
+        rng = np.random.default_rng(7)
+        params, grads, grads_flat = flat_network(dtype, rng)
+        opt = optim.make_optimizer("sgd", lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
+        for step in range(4):  # the first step creates the momentum buffer (NumPy); the rest update it
+            grads_flat[:] = rng.standard_normal(50)
+            opt.step(params, grads, lr=0.05 * 0.7 ** step)
+        results.append((params, opt.state_dict()))
+    (p_c, s_c), (p_r, s_r) = results
+    assert all(p_c[k].dtype == dtype and np.array_equal(p_c[k], p_r[k]) for k in p_r)
+    assert s_c.keys() == s_r.keys() and all(np.array_equal(s_c[k], s_r[k]) for k in s_r)
+    assert not np.array_equal(p_c["0.weight"], flat_network(dtype, np.random.default_rng(7))[0]["0.weight"])
+
+
+def test_warm_up_loads_every_kernel_for_the_dtype():
+    """train.fit warms the kernels up before the first epoch, so that no epoch's time carries their
+    loading (a fresh process: in this one other tests have called them already)."""
+    code = ("import numpy as np; from mlp_cli.nn import compiled, warm_up_compiled\n"
+            "kernels = [compiled._maxpool2x2_forward, compiled._maxpool2x2_backward, compiled._sgd_momentum]\n"
+            "before = sum(len(k.signatures) for k in kernels)\n"
+            "warm_up_compiled(np.float64)\n"
+            "print(before, *sorted({str(s[0].dtype) for k in kernels for s in k.signatures}), "
+            "all(len(k.signatures) == 1 for k in kernels))\n")
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "float64", "True"]

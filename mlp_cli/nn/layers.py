@@ -14,11 +14,9 @@ Conventions (see docs/design.md):
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
-from mlp_cli.nn import bandconv, convcost
+from mlp_cli.nn import bandconv, compiled_kernels, convcost
 from mlp_cli.nn.dftconv import DFTConv, mix
 from mlp_cli.nn.parallel import ordered_sum, over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
@@ -427,17 +425,6 @@ class Conv2d(Layer):
 
 
 # ----------------------------------------------------------------------------- pooling
-@functools.cache
-def compiled_kernels():
-    """The module of compiled kernels (compiled.py), imported on first use since Numba takes a
-    while to load; None where Numba is not installed."""
-    try:
-        from mlp_cli.nn import compiled
-    except ImportError:
-        return None
-    return compiled
-
-
 class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()

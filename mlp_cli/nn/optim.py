@@ -23,6 +23,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from mlp_cli.nn import compiled_kernels
+
 __all__ = [
     "sgd_update", "adam_update", "adamw_update",
     "Optimizer", "make_optimizer",
@@ -232,8 +234,13 @@ class Optimizer:
                 return False
             self._flat = (*flat, state, np.empty_like(flat[0]))
         flat_params, flat_grads, state, scratch = self._flat
-        sgd_update(flat_params, flat_grads, state, lr=lr, momentum=self.momentum, nesterov=self.nesterov,
-                   weight_decay=self.weight_decay, scratch=scratch)
+        kernels = compiled_kernels()
+        if kernels is not None and state.get("momentum_buffer") is not None:  # one compiled pass, same bits
+            kernels.sgd_momentum_update(flat_params, flat_grads, state["momentum_buffer"], lr=lr,
+                                        momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)
+        else:
+            sgd_update(flat_params, flat_grads, state, lr=lr, momentum=self.momentum, nesterov=self.nesterov,
+                       weight_decay=self.weight_decay, scratch=scratch)
         buffer = state.get("momentum_buffer")
         if buffer is not None and (buffers[0] is None or buffers[0].base is not buffer):
             offset = 0
