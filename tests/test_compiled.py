@@ -164,3 +164,30 @@ def test_warm_up_loads_every_kernel_for_the_dtype():
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "float64", "True"]
+
+
+def test_a_read_only_install_with_no_writable_cache_dir_still_runs_the_kernels(tmp_path):
+    """Numba refuses cache=True where it can write no cache (beside the code, in the home's cache
+    or NUMBA_CACHE_DIR); the kernels then cache in the temporary directory instead of failing.
+    Read-only bind mounts in a private mount namespace make that case (root only: skipped elsewhere)."""
+    import shutil
+
+    import mlp_cli
+
+    package = os.path.dirname(mlp_cli.__file__)
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    code = ("import numpy as np; from mlp_cli.nn import compiled_kernels; k = compiled_kernels(); "
+            "k.warm_up(np.float32); print(k._maxpool2x2_forward.stats.cache_path)")
+    script = (f"set -e; for d in {package} {home}; do mount --bind $d $d; mount -o remount,ro,bind $d $d; done; "
+              f"exec {sys.executable} -c '{code}'")
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    result = subprocess.run(["unshare", "-m", "bash", "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**env, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "TMPDIR": str(tmp)})
+    if result.returncode != 0 and ("mount" in result.stderr or "unshare" in result.stderr):
+        pytest.skip(f"read-only bind mounts not allowed here: {result.stderr.strip()[:200]}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(str(tmp / "mlp-cli-numba-cache"))

@@ -4,16 +4,28 @@ Every forward and backward is written by hand; nothing here imports torch.
 """
 
 import functools
+import os
+import tempfile
 
 
 @functools.cache
 def compiled_kernels():
     """The module of compiled kernels (compiled.py), imported on first use since Numba takes a
-    while to load; None where Numba is not installed (the NumPy references run instead)."""
+    while to load; None where Numba is not installed or cannot run (the NumPy references run instead)."""
     try:
         from mlp_cli.nn import compiled
     except ImportError:
         return None
+    except RuntimeError:
+        # Numba found no writable place for its cache (a read-only install and no writable home
+        # or NUMBA_CACHE_DIR): the temporary directory's then, or no kernels at all.
+        try:
+            import numba
+
+            numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(), "mlp-cli-numba-cache")
+            from mlp_cli.nn import compiled
+        except Exception:
+            return None
     return compiled
 
 
