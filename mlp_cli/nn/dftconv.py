@@ -93,12 +93,12 @@ class DFTConv:
         return self.Fh * self.Pw
 
     # ------------------------------------------------------------------ weights
-    def weight_block(self, weight: np.ndarray) -> np.ndarray:
+    def weight_block(self, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """weight (O, C, kh, kw) -> (Q, 2C, 2O): [[Gr, Gi], [-Gi, Gr]], the real form of
-        right-multiplying a row [Xr | Xi] by the complex matrix G = Gr + i Gi."""
+        right-multiplying a row [Xr | Xi] by the complex matrix G = Gr + i Gi (into `out` when given)."""
         O, C = weight.shape[:2]
         w = weight.transpose(2, 3, 1, 0).reshape(-1, C * O)  # (kh*kw, C*O)
-        block = np.empty((self.frequencies, 2 * C, 2 * O), weight.dtype)
+        block = np.empty((self.frequencies, 2 * C, 2 * O), weight.dtype) if out is None else out
 
         def run(q0, q1):
             Gr = (self.E_cos[q0:q1] @ w).reshape(-1, C, O)

@@ -238,7 +238,7 @@ class Conv2d(Layer):
         plan, N, C = self.plan, len(xh), xh.shape[3]
         weight, bias = self.params["weight"], self.params.get("bias")
         F, Q = weight.shape[0], plan.frequencies
-        self.block = plan.weight_block(weight)
+        self.block = plan.weight_block(weight, out=self._scratch("_block", (Q, 2 * C, 2 * F), weight.dtype))
         spectrum = self._scratch("_spectrum", (N, Q, 2 * C), xh.dtype)
         mixed = self._scratch("_mixed", (N, Q, 2 * F), xh.dtype)
         out = np.empty((N, plan.Ho, plan.Wo, F), xh.dtype)
@@ -260,7 +260,9 @@ class Conv2d(Layer):
         plan, spectrum, (N, H, W, C) = self.plan, self.spectrum, self.in_shape
         F = dh.shape[3]
         dmixed = self._scratch("_mixed", (N, plan.frequencies, 2 * F), dh.dtype)
-        block_t = np.ascontiguousarray(self.block.transpose(0, 2, 1))
+        Q = plan.frequencies
+        block_t = self._scratch("_block_t", (Q, 2 * F, 2 * C), dh.dtype)
+        over_batch(lambda q0, q1: np.copyto(block_t[q0:q1], self.block[q0:q1].transpose(0, 2, 1)), Q, block_t.size)
         dx = np.empty((N, H, W, C), dh.dtype) if self.needs_input_grad else None
 
         def run(b0, b1):
@@ -272,7 +274,13 @@ class Conv2d(Layer):
             return grad_block, dh[b0:b1].sum(axis=(0, 1, 2))
 
         parts = over_batch(run, N, dmixed.size, uses_blas=True)
-        self._set_grad("weight", [plan.weight_grad(ordered_sum([p[0] for p in parts]))])
+        # The per-range partial sums added in range order, into the first, by ranges of frequencies
+        # in parallel: the sum ordered_sum makes, without a fresh array and a serial pass.
+        grad_block = parts[0][0]
+        if len(parts) > 1:
+            over_batch(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=grad_block[q0:q1]),
+                       Q, grad_block.size)
+        self._set_grad("weight", [plan.weight_grad(grad_block)])
         if "bias" in self.params:
             self._set_grad("bias", [p[1] for p in parts])
         self.spectrum = self.block = None
