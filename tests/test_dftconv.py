@@ -93,3 +93,21 @@ def test_auto_takes_the_dft_only_where_it_pays():
     large = L.Conv2d(16, 32, 3, padding=1)
     large.forward(np.zeros((1, 16, 96, 96), np.float32))
     assert large.plan is None  # a DFT by matrix products costs O(size) per pixel
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("method", ["dft", "band"])
+def test_split_over_threads_equals_im2col(method, threads, monkeypatch):
+    """The batch split into ranges on several threads (partial weight gradients summed in range
+    order, by ranges of frequencies for the DFT): the same results as im2col on one thread."""
+    from mlp_cli.nn import parallel
+
+    conv = dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)
+    x = np.random.default_rng(threads).standard_normal((5, 3, 8, 8))
+    ref = step("im2col", conv, x, 1, np.float64)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 1)  # split even these small arrays
+    monkeypatch.setattr(parallel, "thread_count", lambda: threads)
+    with parallel.single_threaded_blas():
+        got = step(method, conv, x, 1, np.float64)
+    for a, b in [(ref[0], got[0]), (ref[1], got[1])] + [(ref[2][k], got[2][k]) for k in ref[2]]:
+        assert np.abs(a - b).max() <= 1e-11 * max(np.abs(a).max(), 1.0)
