@@ -3,12 +3,13 @@ and SGD's update (below the pooling kernels).
 
 Why: max pooling's forward is a maximum of four strided views of the input, in runs of C
 numbers (0.87 ms a batch of 128 for LeNet-5's first pool on one core; compiled: 0.18 ms). Its
-backward routes each window's gradient to the first input that equals the window's maximum. In NumPy (MaxPool2d.backward, the reference) that is four passes per kernel
-offset (compare, mask the windows already routed, update the mask, multiply), each over a
-strided view whose contiguous runs are only C numbers long: LeNet-5's 6 channels make every
-pass a loop over runs of 6, and the 16 passes of a 2x2 window cost 1.9 ms a batch on one core.
-One compiled pass reads each input once and writes each gradient once: 0.54 ms. (The CIFAR-10
-net's first pool, 32 channels of 32x32: forward 5.5 -> 1.5 ms, backward 9.8 -> 4.3 ms.)
+backward routes each window's gradient to the first input that equals the window's maximum.
+In NumPy (MaxPool2d.backward, the reference) that is four passes per kernel offset (compare,
+mask the windows already routed, update the mask, multiply), each over a strided view whose
+contiguous runs are only C numbers long: LeNet-5's 6 channels make every pass a loop over runs
+of 6, and the 16 passes of a 2x2 window cost 1.9 ms a batch on one core. One compiled pass reads
+each input once and writes each gradient once: 0.54 ms. (The CIFAR-10 net's first pool, 32
+channels of 32x32: forward 5.5 -> 1.5 ms, backward 9.8 -> 4.3 ms.)
 
 The kernels, for the 2x2 window with stride 2 over an input of even height and width (every
 pooling layer of the shipped configs), on NHWC arrays seen as rows of W*C numbers. Forward:
@@ -33,9 +34,10 @@ the time).
 
 The engine imports this module (and with it Numba) on first use, through
 mlp_cli.nn.compiled_kernels(), so commands that never pool or step do not pay Numba's import;
-without Numba that returns None and the NumPy references run. The machine code is cached on disk (`cache=True`: beside
-this file, or in NUMBA_CACHE_DIR), so only the first run on a machine compiles (about a second
-a kernel); the kernels are module-level functions, which Numba's cache can find again.
+without Numba that returns None and the NumPy references run. The machine code is cached on
+disk (`cache=True`: beside this file, or in NUMBA_CACHE_DIR), so only the first run on a machine
+compiles (about a second a kernel); the kernels are module-level functions, which Numba's cache
+can find again.
 """
 
 from __future__ import annotations

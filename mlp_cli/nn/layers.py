@@ -258,9 +258,8 @@ class Conv2d(Layer):
         """dh (N, Ho, Wo, F) -> dx (N, H, W, C) or None; sets the gradients. Each step is the
         transpose of a forward step, in reverse order."""
         plan, spectrum, (N, H, W, C) = self.plan, self.spectrum, self.in_shape
-        F = dh.shape[3]
-        dmixed = self._scratch("_mixed", (N, plan.frequencies, 2 * F), dh.dtype)
-        Q = plan.frequencies
+        F, Q = dh.shape[3], plan.frequencies
+        dmixed = self._scratch("_mixed", (N, Q, 2 * F), dh.dtype)
         block_t = self._scratch("_block_t", (Q, 2 * F, 2 * C), dh.dtype)
         over_batch(lambda q0, q1: np.copyto(block_t[q0:q1], self.block[q0:q1].transpose(0, 2, 1)), Q, block_t.size)
         dx = np.empty((N, H, W, C), dh.dtype) if self.needs_input_grad else None
@@ -299,19 +298,10 @@ class Conv2d(Layer):
             for i in range(kh):
                 yield i, b, (slice(None), _window(i, dil_h, sh, Ho), slice(b * self.band * sw, b * self.band * sw + Bw))
 
-    def _band_rows(self, xp, Ho, nb, Bw):
-        """Read-only view (N, Ho, nb, kh, Bw, C) of a padded NHWC array: element [n, y, b, i, x, c]
-        is xp[n, y*sh + i*dh, b*B*sw + x, c], the product rows of the banded method. No data is copied."""
-        sn, sy, sx, sc = xp.strides
-        (kh, _), (sh, sw), (dil_h, _) = self.kernel_size, self.stride, self.dilation
-        return np.lib.stride_tricks.as_strided(
-            xp, (xp.shape[0], Ho, nb, kh, Bw, xp.shape[3]), (sn, sy * sh, sx * self.band * sw, sy * dil_h, sx, sc),
-            writeable=False)
-
     def _forward_band(self, xh):
         """xh (N, H, W, C) -> (N, Ho, Wo, F), by one banded product (bandconv.py)."""
         N, H, W, C = xh.shape
-        (kh, _), (ph, pw), (_, sw), (_, dil_w) = self.kernel_size, self.padding, self.stride, self.dilation
+        (kh, _), (ph, pw), (sh, sw), (dil_h, dil_w) = self.kernel_size, self.padding, self.stride, self.dilation
         Ho, nb, Bw = self._band_geometry()
         R = Ho * nb  # product rows per image
         xp = self._scratch("_padded", (N, H + 2 * ph, W + 2 * pw, C), xh.dtype, zero=True) if ph or pw else xh
@@ -328,7 +318,8 @@ class Conv2d(Layer):
                 c1 = min(c0 + block, b1)
                 if ph or pw:
                     xp[c0:c1, ph:ph + H, pw:pw + W, :] = xh[c0:c1]
-                np.copyto(rows[c0:c1], self._band_rows(xp[c0:c1], Ho, nb, Bw))
+                # A block's rows are the windows of a (kh, Bw) kernel moving B*sw columns at a time.
+                np.copyto(rows[c0:c1], _windows(xp[c0:c1], (Ho, nb), (kh, Bw), (sh, self.band * sw), (dil_h, 1)))
                 np.matmul(rows2d[c0 * R:c1 * R], T, out=out[c0 * R:c1 * R])
                 if bias_row is not None:
                     out[c0 * R:c1 * R] += bias_row
