@@ -11,7 +11,7 @@ from mlp_cli.nn import layers as L
 def random_geometry(rng):
     C, F = int(rng.integers(1, 6)), int(rng.integers(1, 6))
     kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-    ph, pw = int(rng.integers(0, kh)), int(rng.integers(0, kw))
+    ph, pw = int(rng.integers(0, kh + 2)), int(rng.integers(0, kw + 2))  # also past the kernel's reach
     dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
     H = int(rng.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 13))
     W = int(rng.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 13))
