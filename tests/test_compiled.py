@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlp_cli.nn import compiled_kernels
-from mlp_cli.nn.layers import MaxPool2d
+from mlp_cli.nn.layers import BatchNorm1d, BatchNorm2d, MaxPool2d
 
 pytestmark = pytest.mark.skipif(compiled_kernels() is None, reason="Numba is not installed")
 
@@ -156,7 +156,8 @@ def test_warm_up_loads_every_kernel_for_the_dtype():
     """train.fit warms the kernels up before the first epoch, so that no epoch's time carries their
     loading (a fresh process: in this one other tests have called them already)."""
     code = ("import numpy as np; from mlp_cli.nn import compiled, warm_up_compiled\n"
-            "kernels = [compiled._maxpool2x2_forward, compiled._maxpool2x2_backward, compiled._sgd_momentum]\n"
+            "kernels = [compiled._maxpool2x2_forward, compiled._maxpool2x2_backward, compiled._sgd_momentum,\n"
+            "           compiled._bn_sums, compiled._bn_normalize, compiled._bn_backward_sums, compiled._bn_backward_dx]\n"
             "before = sum(len(k.signatures) for k in kernels)\n"
             "warm_up_compiled(np.float64)\n"
             "print(before, *sorted({str(s[0].dtype) for k in kernels for s in k.signatures}), "
@@ -191,3 +192,51 @@ def test_a_read_only_install_with_no_writable_cache_dir_still_runs_the_kernels(t
         pytest.skip(f"read-only bind mounts not allowed here: {result.stderr.strip()[:200]}")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith(str(tmp / "mlp-cli-numba-cache"))
+
+
+def batchnorm_pass(cls, x, dout, use_compiled, steps=2):
+    """Output, input gradient, parameter gradients and running statistics after `steps`
+    training steps of a batch norm layer with random weights, then an eval-mode output."""
+    layer = cls(x.shape[1], dtype=x.dtype)
+    layer.use_compiled = use_compiled
+    rng = np.random.default_rng(5)
+    layer.params["weight"][...] = rng.uniform(0.5, 2, x.shape[1])
+    layer.params["bias"][...] = rng.standard_normal(x.shape[1])
+    for _ in range(steps):
+        out = np.array(layer.forward(x))
+        assert (layer.mean is not None) == use_compiled  # the path asked for ran
+        dx = np.array(layer.backward(dout))
+    layer.training = False
+    return [out, dx, *layer.grads.values(), *layer.buffers.values(), np.array(layer.forward(x))]
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("cls,shape", [(BatchNorm2d, (6, 32, 14, 14)), (BatchNorm2d, (3, 5, 3, 7)),
+                                       (BatchNorm2d, (130, 3, 2, 2)), (BatchNorm1d, (64, 100)), (BatchNorm1d, (2, 1))])
+def test_compiled_batchnorm_equals_the_numpy_reference(cls, shape, dtype, tol):
+    """Same outputs, gradients and running statistics to rounding (the kernels sum in float64),
+    on activations whose mean is far from zero (where a one-pass variance would lose digits)."""
+    rng = np.random.default_rng(sum(shape))
+    layout = channels_last if cls is BatchNorm2d else (lambda shape, values: values)
+    x = layout(shape, (rng.standard_normal(shape) * 3 + 40).astype(dtype))
+    dout = layout(shape, rng.standard_normal(shape).astype(dtype))
+    ref, got = batchnorm_pass(cls, x, dout, False), batchnorm_pass(cls, x, dout, True)
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol * max(1.0, np.abs(r).max()))
+
+
+def test_compiled_batchnorm_runs_over_batch_ranges_on_several_threads(monkeypatch):
+    """The sums of each thread's rows are added in range order: 1, 2 and 3 threads agree."""
+    from mlp_cli.nn import parallel
+
+    rng = np.random.default_rng(0)
+    x = channels_last((64, 16, 12, 12), rng.standard_normal((64, 16, 12, 12)).astype(np.float32))
+    dout = channels_last(x.shape, rng.standard_normal(x.shape).astype(np.float32))
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(parallel, "thread_count", lambda threads=threads: threads)
+        results.append(batchnorm_pass(BatchNorm2d, x, dout, True))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)

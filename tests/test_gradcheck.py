@@ -56,6 +56,16 @@ def test_layer_gradients(case):
     assert_checks(check_layer(layer, x))
 
 
+@pytest.mark.parametrize("use_compiled", [True, False])
+@pytest.mark.parametrize("cls,shape", [(L.BatchNorm1d, (8, 5)), (L.BatchNorm2d, (4, 3, 5, 4))])
+def test_batchnorm_train_gradients_of_both_paths(cls, shape, use_compiled):
+    """The compiled kernels (the default where Numba is installed) and the NumPy reference."""
+    rng = np.random.default_rng(11)
+    layer = randomize(cls(shape[1], dtype=F64), rng)
+    layer.use_compiled = use_compiled
+    assert_checks(check_layer(layer, rng.standard_normal(shape)))
+
+
 @pytest.mark.parametrize("cls", [L.BatchNorm1d, L.BatchNorm2d])
 def test_batchnorm_eval_gradients(cls):
     rng = np.random.default_rng(3)

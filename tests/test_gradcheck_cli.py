@@ -100,14 +100,18 @@ def test_broken_relu_backward_fails_and_names_the_layer(monkeypatch, small_conv)
     assert "layer 2 (ReLU)" in result.stderr
 
 
-def test_broken_batchnorm_backward_is_caught(monkeypatch, small_conv):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_broken_batchnorm_backward_is_caught(monkeypatch, small_conv, compiled):
     def no_mean_term(self, dout):  # treats the batch statistics as constants
         self.grads["bias"] = dout.sum(axis=0)
-        xhat = self.centered.reshape(dout.shape) * self.inv_std
-        self.grads["weight"] = (dout * xhat).sum(axis=0)
+        centered = self.x2d - self.mean if compiled else self.centered.reshape(dout.shape)
+        self.grads["weight"] = (dout * centered * self.inv_std).sum(axis=0)
         return dout * self.params["weight"] * self.inv_std
 
-    monkeypatch.setattr(L._BatchNorm, "_backward_2d", no_mean_term)
+    if compiled and L.compiled_kernels() is None:
+        pytest.skip("Numba is not installed")
+    monkeypatch.setattr(L._BatchNorm, "use_compiled", compiled)
+    monkeypatch.setattr(L._BatchNorm, "_backward_compiled" if compiled else "_backward_2d", no_mean_term)
     result = run("--config", small_conv)
     assert result.exit_code == 1
     assert "layer 1 (BatchNorm2d)" in result.stderr

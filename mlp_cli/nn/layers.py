@@ -687,7 +687,13 @@ class Dropout(Layer):
 class _BatchNorm(Layer):
     """Batch normalization over the channel axis (torch.nn.BatchNorm1d/2d conventions):
     batch statistics in training (biased variance to normalize, unbiased for the running
-    estimate), running statistics in eval; running = (1 - momentum) * running + momentum * batch."""
+    estimate), running statistics in eval; running = (1 - momentum) * running + momentum * batch.
+
+    In training, where Numba is installed (`use_compiled`), the compiled kernels of compiled.py
+    run on C-contiguous rows: a few whole passes instead of the NumPy reference's many, with the
+    per-channel sums in float64 (so equal to the reference to rounding, not to the bit)."""
+
+    use_compiled = True  # class-wide; tests set it per layer to compare with the NumPy reference
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
@@ -707,8 +713,11 @@ class _BatchNorm(Layer):
             scale = gamma / np.sqrt(self.buffers["running_var"] + self.eps)
             shift = beta - self.buffers["running_mean"] * scale
             over_batch(lambda r0, r1: np.add(x[r0:r1] * scale, shift, out=out[r0:r1]), M, x.size)
-            self.centered, self.inv_std, self.eval_scale = None, None, scale
+            self.centered, self.inv_std, self.eval_scale, self.mean = None, None, scale, None
             return out
+        kernels = compiled_kernels() if self.use_compiled and x.flags.c_contiguous else None
+        if kernels is not None:
+            return self._forward_compiled(x, out, kernels)
         # Element-wise work on rows of k*C numbers ("wide"), with the per-channel vectors tiled
         # k times: NumPy's loops are several times faster on long rows than on rows of C.
         k = _widening(M, C)
@@ -733,19 +742,38 @@ class _BatchNorm(Layer):
             outw[r0:r1] += beta_w
 
         over_batch(normalize, len(xw), x.size)
+        self._update_running(mean, var, M)
+        # Backward needs xhat = centered * inv_std; keeping the centered values saves a pass.
+        self.centered, self.inv_std, self.mean = centered, inv_std, None
+        return out
+
+    def _forward_compiled(self, x, out, kernels):
+        """The training forward by compiled.py's kernels: sums, centered squares, normalize."""
+        M, dtype = len(x), x.dtype
+        mean64 = ordered_sum(over_batch(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1]), M, x.size)) / M
+        var64 = ordered_sum(over_batch(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1], mean64), M, x.size)) / M
+        mean, var = mean64.astype(dtype), var64.astype(dtype)
+        inv_std = 1 / np.sqrt(var + self.eps)
+        scale, beta = self.params["weight"] * inv_std, self.params["bias"]
+        over_batch(lambda r0, r1: kernels.batchnorm_normalize(x[r0:r1], mean, scale, beta, out[r0:r1]), M, x.size)
+        self._update_running(mean, var, M)
+        # Backward recomputes x - mean from x (kept in x2d), which costs less than storing it.
+        self.centered, self.inv_std, self.mean = None, inv_std, mean
+        return out
+
+    def _update_running(self, mean, var, M):
         m = self.momentum
         self.buffers["running_mean"] *= 1 - m
         self.buffers["running_mean"] += m * mean
         self.buffers["running_var"] *= 1 - m
         self.buffers["running_var"] += m * var * (M / max(M - 1, 1))  # unbiased, as PyTorch keeps it
         self.buffers["num_batches_tracked"] += 1
-        # Backward needs xhat = centered * inv_std; keeping the centered values saves a pass.
-        self.centered, self.inv_std = centered, inv_std
-        return out
 
     def _backward_2d(self, dout):
         """dout: (M, C) -> dx: (M, C); grads weight and bias (C,)."""
         gamma = self.params["weight"]
+        if self.mean is not None:
+            return self._backward_compiled(dout)
         if self.centered is None:  # eval mode: an affine map
             self._set_grad("bias", [dout.sum(axis=0)])
             xhat = (self.x2d - self.buffers["running_mean"]) / np.sqrt(self.buffers["running_var"] + self.eps)
@@ -785,6 +813,23 @@ class _BatchNorm(Layer):
         over_batch(run, len(dout_w), dout.size)
         self.centered = None
         return dx.reshape(M, C)
+
+    def _backward_compiled(self, dout):
+        """The training backward by compiled.py's kernels (the same formula as _backward_2d)."""
+        kernels, x, mean, inv_std = compiled_kernels(), self.x2d, self.mean, self.inv_std
+        d, (M, C), dtype = np.ascontiguousarray(dout), dout.shape, dout.dtype
+        parts = over_batch(lambda r0, r1: kernels.batchnorm_backward_sums(x[r0:r1], mean, d[r0:r1]), M, d.size)
+        dbeta = ordered_sum([p[0] for p in parts]).astype(dtype)
+        dgamma = ordered_sum([p[1] for p in parts]).astype(dtype) * inv_std
+        self._set_grad("bias", [dbeta])
+        self._set_grad("weight", [dgamma])
+        scale = self.params["weight"] * inv_std
+        shift, xhat_factor = scale * dbeta / M, inv_std * dgamma / M
+        dx = np.empty((M, C), dtype)
+        over_batch(lambda r0, r1: kernels.batchnorm_backward_dx(x[r0:r1], mean, d[r0:r1], xhat_factor, scale, shift,
+                                                                dx[r0:r1]), M, d.size)
+        self.mean = None
+        return dx
 
 
 def _widening(M: int, C: int) -> int:
