@@ -449,7 +449,6 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
     from mlp_cli import data
     from mlp_cli.evaluate import checkpoint_result, evaluate, metrics_from_logits, predict
     from mlp_cli.nn import warm_up_compiled
-    from mlp_cli.nn.layers import BatchNorm1d, BatchNorm2d, MaxPool2d
     from mlp_cli.nn.losses import softmax_cross_entropy
     from mlp_cli.nn.optim import Optimizer, ema_update, lr_at
     from mlp_cli.nn.parallel import single_threaded_blas
@@ -471,8 +470,8 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
     model.skip_input_gradient()
     stack.enter_context(single_threaded_blas())
     optimizer = Optimizer(cfg.optim)
-    compiled_layers = (MaxPool2d, BatchNorm1d, BatchNorm2d)
-    if any(isinstance(layer, compiled_layers) for layer in model.layers) or (optimizer.name == "sgd" and optimizer.momentum):
+    # A layer class with compiled kernels says so by its `use_compiled` switch.
+    if any(getattr(layer, "use_compiled", False) for layer in model.layers) or (optimizer.name == "sgd" and optimizer.momentum):
         # Their compiled kernels load on first use (Numba's import and the cached machine code,
         # about 0.3 s): now, so that no epoch's `seconds` carries it.
         warm_up_compiled(np.float32)

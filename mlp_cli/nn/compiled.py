@@ -177,8 +177,8 @@ def _bn_sums(x, mean, squares):
 
 
 @njit(nogil=True, cache=True)
-def _bn_normalize(x, mean, scale, shift, out):
-    """out = (x - mean) * scale + shift, per channel, in x's dtype."""
+def batchnorm_normalize(x, mean, scale, shift, out):
+    """out = (x - mean) * scale + shift for x, out (M, C) and (C,) vectors, all of x's dtype."""
     M, C = x.shape
     for r in range(M):
         row, o = x[r], out[r]
@@ -187,8 +187,8 @@ def _bn_normalize(x, mean, scale, shift, out):
 
 
 @njit(nogil=True, cache=True)
-def _bn_backward_sums(x, mean, d):
-    """(sum of d, sum of d * (x - mean)) per channel, float64, over rows of x and d (M, C)."""
+def batchnorm_backward_sums(x, mean, d):
+    """x, d (M, C), mean (C,) of x's dtype -> float64 (C,) sums of d and of d * (x - mean)."""
     M, C = x.shape
     dsum, dcentered = np.zeros(C, np.float64), np.zeros(C, np.float64)
     for r in range(M):
@@ -200,8 +200,8 @@ def _bn_backward_sums(x, mean, d):
 
 
 @njit(nogil=True, cache=True)
-def _bn_backward_dx(x, mean, d, xhat_factor, scale, shift, dx):
-    """dx = (d - (x - mean) * xhat_factor) * scale - shift, per channel, in x's dtype."""
+def batchnorm_backward_dx(x, mean, d, xhat_factor, scale, shift, dx):
+    """dx = (d - (x - mean) * xhat_factor) * scale - shift, arrays (M, C) and (C,) of x's dtype."""
     M, C = x.shape
     for r in range(M):
         row, g, o = x[r], d[r], dx[r]
@@ -215,18 +215,3 @@ def batchnorm_sums(x: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
     if mean is None:
         return _bn_sums(x, np.zeros(x.shape[1]), False)
     return _bn_sums(x, mean, True)
-
-
-def batchnorm_normalize(x, mean, scale, shift, out) -> None:
-    """out = (x - mean) * scale + shift for x, out (M, C) and (C,) vectors, all of x's dtype."""
-    _bn_normalize(x, mean, scale, shift, out)
-
-
-def batchnorm_backward_sums(x, mean, d) -> tuple[np.ndarray, np.ndarray]:
-    """x, d (M, C), mean (C,) of x's dtype -> float64 (C,) sums of d and of d * (x - mean)."""
-    return _bn_backward_sums(x, mean, d)
-
-
-def batchnorm_backward_dx(x, mean, d, xhat_factor, scale, shift, dx) -> None:
-    """dx = (d - (x - mean) * xhat_factor) * scale - shift, arrays (M, C) and (C,) of x's dtype."""
-    _bn_backward_dx(x, mean, d, xhat_factor, scale, shift, dx)
