@@ -97,13 +97,16 @@ def test_auto_takes_the_dft_only_where_it_pays():
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("method", ["dft", "band"])
-def test_split_over_threads_equals_im2col(method, threads, monkeypatch):
-    """The batch split into ranges on several threads (partial weight gradients summed in range
-    order, by ranges of frequencies for the DFT): the same results as im2col on one thread."""
+@pytest.mark.parametrize("batch", [5, 97])
+def test_split_over_threads_equals_im2col(method, threads, batch, monkeypatch):
+    """The work split over several threads: the same results as im2col on one thread. For the
+    DFT's weight gradient both splits: by ranges of frequencies (few images per thread) and by
+    ranges of the batch with the partial gradients summed in range order (97 images: 32 or more
+    a thread)."""
     from mlp_cli.nn import parallel
 
     conv = dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)
-    x = np.random.default_rng(threads).standard_normal((5, 3, 8, 8))
+    x = np.random.default_rng(threads).standard_normal((batch, 3, 8, 8))
     ref = step("im2col", conv, x, 1, np.float64)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 1)  # split even these small arrays
     monkeypatch.setattr(parallel, "thread_count", lambda: threads)

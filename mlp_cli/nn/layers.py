@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli.nn import bandconv, compiled_kernels, convcost
+from mlp_cli.nn import bandconv, compiled_kernels, convcost, parallel
 from mlp_cli.nn.dftconv import DFTConv, mix
 from mlp_cli.nn.parallel import ordered_sum, over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
@@ -79,14 +79,18 @@ class Layer:
         raise NotImplementedError
 
     def _set_grad(self, name, parts):
-        """grads[name] = the ordered sum of `parts` (partial sums over batch ranges). An existing
-        gradient array of that shape is written in place: it may be a view of the network's one
-        flat gradient buffer (model.build), which the optimizer updates from in whole passes."""
+        """grads[name] = the ordered sum of `parts` (partial sums over batch ranges), written
+        in place into the existing gradient array (see _grad_buffer)."""
+        ordered_sum(parts, out=self._grad_buffer(name, parts[0].shape, parts[0].dtype))
+
+    def _grad_buffer(self, name, shape, dtype):
+        """grads[name], to be written in place: the existing array when it has this shape and
+        dtype (it may be a view of the network's one flat gradient buffer, model.build, which
+        the optimizer updates from in whole passes), else a new one."""
         grad = self.grads.get(name)
-        if grad is not None and grad.shape == parts[0].shape and grad.dtype == parts[0].dtype:
-            ordered_sum(parts, out=grad)
-        else:
-            self.grads[name] = ordered_sum(parts)
+        if grad is None or grad.shape != shape or grad.dtype != dtype:
+            grad = self.grads[name] = np.empty(shape, dtype)
+        return grad
 
     def _scratch(self, name, shape, dtype, zero=False):
         """A buffer kept between calls (never handed out), so big arrays are not re-allocated
@@ -123,12 +127,15 @@ class Linear(Layer):
         weight, bias = self.params["weight"], self.params.get("bias")
         out = np.empty((x.shape[0], weight.shape[0]), weight.dtype)
 
-        def run(b0, b1):
-            np.matmul(x[b0:b1], weight.T, out=out[b0:b1])
+        # Threads take ranges of output features (columns of out), not of the batch: each then
+        # reads its own part of the weight once instead of all of it (a 1024x1000 weight is 4 MB,
+        # more than a batch of 32 rows), and every output is the same sum as on one thread.
+        def run(f0, f1):
+            np.matmul(x, weight[f0:f1].T, out=out[:, f0:f1])
             if bias is not None:
-                out[b0:b1] += bias
+                out[:, f0:f1] += bias[f0:f1]
 
-        over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
+        over_batch(run, weight.shape[0], _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
         return out
 
     def backward(self, dout):
@@ -138,23 +145,25 @@ class Linear(Layer):
           grad W_y = (y^ - y) h^T            -> dW = dout^T x
           grad b_y = y^ - y                  -> db = sum over the batch of dout
           W_y^T (y^ - y), the factor of grad h~ -> dx = dout W
+        Threads take ranges of output features for dW and db and of input features for dx, so
+        no thread's partial sum over the batch has to be added to another's.
         """
         weight, x = self.params["weight"], self.x
-        dx = np.empty(x.shape, dout.dtype) if self.needs_input_grad else None
-        grad = self.grads.get("weight")
-        if grad is not None and (grad.shape != weight.shape or grad.dtype != dout.dtype):
-            grad = None
+        work = _matmul_work(x.shape[0], *weight.shape)
+        grad = self._grad_buffer("weight", weight.shape, dout.dtype)
+        grad_bias = self._grad_buffer("bias", weight.shape[:1], dout.dtype) if "bias" in self.params else None
 
-        def run(b0, b1):
-            if dx is not None:
-                np.matmul(dout[b0:b1], weight, out=dx[b0:b1])
-            whole = grad is not None and b1 - b0 == len(x)  # one range: its product is the gradient
-            return np.matmul(dout[b0:b1].T, x[b0:b1], out=grad if whole else None), dout[b0:b1].sum(axis=0)
+        def weight_part(f0, f1):
+            np.matmul(dout[:, f0:f1].T, x, out=grad[f0:f1])
+            if grad_bias is not None:
+                dout[:, f0:f1].sum(axis=0, out=grad_bias[f0:f1])
 
-        parts = over_batch(run, len(x), _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
-        self._set_grad("weight", [p[0] for p in parts])
-        if "bias" in self.params:
-            self._set_grad("bias", [p[1] for p in parts])
+        over_batch(weight_part, weight.shape[0], work, uses_blas=True)
+        if not self.needs_input_grad:
+            return None
+        dx = np.empty(x.shape, dout.dtype)
+        over_batch(lambda i0, i1: np.matmul(dout, weight[:, i0:i1], out=dx[:, i0:i1]), weight.shape[1], work,
+                   uses_blas=True)
         return dx
 
 
@@ -256,32 +265,54 @@ class Conv2d(Layer):
 
     def _backward_dft(self, dh):
         """dh (N, Ho, Wo, F) -> dx (N, H, W, C) or None; sets the gradients. Each step is the
-        transpose of a forward step, in reverse order."""
+        transpose of a forward step, in reverse order.
+
+        The weight gradient is a product per frequency over the batch. With many images per
+        thread each thread takes a range of the batch and does every step on it while it is in
+        cache, and the per-thread (Q, 2C, 2F) partial gradients are added; with few (batch 32)
+        adding those costs more than the products, so threads take ranges of frequencies instead."""
         plan, spectrum, (N, H, W, C) = self.plan, self.spectrum, self.in_shape
         F, Q = dh.shape[3], plan.frequencies
         dmixed = self._scratch("_mixed", (N, Q, 2 * F), dh.dtype)
-        block_t = self._scratch("_block_t", (Q, 2 * F, 2 * C), dh.dtype)
-        over_batch(lambda q0, q1: np.copyto(block_t[q0:q1], self.block[q0:q1].transpose(0, 2, 1)), Q, block_t.size)
         dx = np.empty((N, H, W, C), dh.dtype) if self.needs_input_grad else None
+        if dx is not None:
+            block_t = self._scratch("_block_t", (Q, 2 * F, 2 * C), dh.dtype)
+            over_batch(lambda q0, q1: np.copyto(block_t[q0:q1], self.block[q0:q1].transpose(0, 2, 1)), Q, block_t.size)
 
-        def run(b0, b1):
+        def to_mixed(b0, b1):  # dout -> its spectrum, and the bias gradient's part
             plan.from_frequency_transposed(dh[b0:b1], dmixed[b0:b1])
-            grad_block = np.matmul(spectrum[b0:b1].transpose(1, 2, 0), dmixed[b0:b1].transpose(1, 0, 2))
-            if dx is not None:  # the spectrum is used up: its buffer takes its gradient
-                mix(dmixed[b0:b1], block_t, spectrum[b0:b1])
-                plan.to_frequency_transposed(spectrum[b0:b1], dx[b0:b1])
-            return grad_block, dh[b0:b1].sum(axis=(0, 1, 2))
+            return dh[b0:b1].sum(axis=(0, 1, 2))
 
-        parts = over_batch(run, N, dmixed.size, uses_blas=True)
-        # The per-range partial sums added in range order, into the first, by ranges of frequencies
-        # in parallel: the sum ordered_sum makes, without a fresh array and a serial pass.
-        grad_block = parts[0][0]
-        if len(parts) > 1:
-            over_batch(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=grad_block[q0:q1]),
-                       Q, grad_block.size)
-        self._set_grad("weight", [plan.weight_grad(grad_block)])
+        def grad_block(b0, b1, q0=0, q1=Q, out=None):  # images b0..b1, frequencies q0..q1
+            return np.matmul(spectrum[b0:b1, q0:q1].transpose(1, 2, 0), dmixed[b0:b1, q0:q1].transpose(1, 0, 2), out=out)
+
+        def to_input(b0, b1):  # the spectrum is used up: its buffer takes its gradient
+            mix(dmixed[b0:b1], block_t, spectrum[b0:b1])
+            plan.to_frequency_transposed(spectrum[b0:b1], dx[b0:b1])
+
+        if N >= 32 * parallel.thread_count():
+            def run(b0, b1):
+                bias_part = to_mixed(b0, b1)
+                weight_part = grad_block(b0, b1)
+                if dx is not None:
+                    to_input(b0, b1)
+                return weight_part, bias_part
+
+            parts = over_batch(run, N, dmixed.size, uses_blas=True)
+            bias_parts, block = [p[1] for p in parts], parts[0][0]
+            # The partial sums added in range order, into the first, by ranges of frequencies in
+            # parallel: the sum ordered_sum makes, without a fresh array and a serial pass.
+            if len(parts) > 1:
+                over_batch(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=block[q0:q1]), Q, block.size)
+        else:
+            bias_parts = over_batch(to_mixed, N, dmixed.size, uses_blas=True)
+            block = self._scratch("_grad_block", (Q, 2 * C, 2 * F), dh.dtype)
+            over_batch(lambda q0, q1: grad_block(0, N, q0, q1, out=block[q0:q1]), Q, dmixed.size, uses_blas=True)
+            if dx is not None:
+                over_batch(to_input, N, dmixed.size, uses_blas=True)
+        self._set_grad("weight", [plan.weight_grad(block)])
         if "bias" in self.params:
-            self._set_grad("bias", [p[1] for p in parts])
+            self._set_grad("bias", bias_parts)
         self.spectrum = self.block = None
         return dx
 
