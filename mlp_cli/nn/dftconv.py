@@ -91,6 +91,7 @@ class DFTConv:
                              + p[None, :, None, None] * b[None, None, None, :] / Pw)
         theta = theta.reshape(Fh * Pw, kernel[0] * kernel[1])  # (Q, kh*kw)
         self.E_cos, self.E_sin = np.cos(theta).astype(dtype), np.sin(theta).astype(dtype)
+        self.E_sin_neg = -self.E_sin
 
     @property
     def frequencies(self) -> int:
@@ -117,18 +118,21 @@ class DFTConv:
         return block
 
     def weight_grad(self, grad_block: np.ndarray) -> np.ndarray:
-        """The transpose of weight_block: (Q, 2C, 2O) gradient -> (O, C, kh, kw) gradient."""
+        """The transpose of weight_block: (Q, 2C, 2O) gradient -> (O, C, kh, kw) gradient. Each
+        quadrant's part is a product per input channel, (kh*kw, Q) @ (Q, O), read straight from
+        the block's strided rows."""
         Q, C2, O2 = grad_block.shape
         C, O = C2 // 2, O2 // 2
 
         def run(q0, q1):
             g = grad_block[q0:q1]
-            dGr = (g[:, :C, :O] + g[:, C:, O:]).reshape(-1, C * O)
-            dGi = (g[:, :C, O:] - g[:, C:, :O]).reshape(-1, C * O)
-            return self.E_cos[q0:q1].T @ dGr + self.E_sin[q0:q1].T @ dGi
+            parts = [np.matmul(E[q0:q1].T, quadrant.transpose(1, 0, 2))  # (C, kh*kw, O)
+                     for quadrant, E in ((g[:, :C, :O], self.E_cos), (g[:, :C, O:], self.E_sin),
+                                         (g[:, C:, :O], self.E_sin_neg), (g[:, C:, O:], self.E_cos))]
+            return ordered_sum(parts)
 
         dw = ordered_sum(over_batch(run, Q, grad_block.size, uses_blas=True))
-        return dw.reshape(*self.kernel, C, O).transpose(3, 2, 0, 1)
+        return dw.reshape(C, *self.kernel, O).transpose(3, 0, 1, 2)
 
     # ------------------------------------------------------------------ transforms
     def to_frequency(self, x: np.ndarray, out: np.ndarray) -> None:
