@@ -130,6 +130,22 @@ def test_batches_normalize_like_a_float64_reference():
     np.testing.assert_allclose(got.transpose(0, 2, 3, 1), ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_normalize_is_the_plain_float32_formula_bit_for_bit(channels):
+    """The fast path (cast, then rows of H*W*C numbers times the tiled factors) rounds exactly as
+    u8 * scale[c] + shift[c] in float32, also for a non-contiguous view (a center crop)."""
+    from mlp_cli.data.pipeline import _scale_shift
+
+    x = image_split(n=6, h=9, w=7, c=channels, seed=3).x
+    norm = {"mean": [0.3, 0.5, 0.45][:channels], "std": [0.2, 0.27, 0.31][:channels]}
+    scale, shift = _scale_shift(norm, channels, image=True)
+    for images in (x, x[:, 1:8, 2:6]):
+        got = normalize(images, norm)
+        expected = images.astype(np.float32) * scale + shift
+        assert got.transpose(0, 2, 3, 1).flags.c_contiguous
+        assert np.array_equal(got.transpose(0, 2, 3, 1), expected)
+
+
 # ----------------------------------------------------------------------------- batches
 def test_batch_shapes_dtype_and_channels_last_layout():
     split = image_split(n=10, h=8, w=6, c=3)
