@@ -69,15 +69,16 @@ def normalize(images: np.ndarray, normalization: dict | None) -> np.ndarray:
 
 
 def _normalize(images: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    # Cast, then scale and shift each image as one row of H*W*C numbers with the per-channel
-    # factors tiled along it: the same float32 operations as u8 * scale[c] + shift[c], 8x faster
-    # than a mixed-type multiply broadcast over an innermost axis of C = 3 numbers.
-    b, h, w, _ = images.shape
-    out = images.astype(np.float32, order="C")
-    rows = out.reshape(b, -1)
-    rows *= np.tile(scale, h * w)
-    rows += np.tile(shift, h * w)
-    return out.transpose(0, 3, 1, 2)
+    # Each image as one row of H*W*C numbers, the per-channel factors tiled along it: the same
+    # float32 operations as u8 * scale[c] + shift[c], but NumPy's loops run over whole rows, not
+    # over an innermost axis of C = 3 numbers (7x faster for RGB batches).
+    b, h, w, c = images.shape
+    if c > 1:  # one channel: its factors broadcast as scalars, faster still
+        scale, shift = np.tile(scale, h * w), np.tile(shift, h * w)
+    out = np.empty((b, h * w * c), dtype=np.float32)
+    np.multiply(images.reshape(b, -1), scale, out=out)
+    out += shift
+    return out.reshape(images.shape).transpose(0, 3, 1, 2)
 
 
 # ----------------------------------------------------------------------------- augmentation
