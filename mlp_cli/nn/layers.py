@@ -36,6 +36,9 @@ def _nchw(x: np.ndarray) -> np.ndarray:
 
 
 BLOCK_IMAGES = 8  # images per im2col/col2im block: a block's columns fit in a core's cache
+# Below this many images a thread, the DFT convolution's weight gradient is split by frequencies
+# instead of by batch ranges (Conv2d._backward_dft).
+FREQUENCY_SPLIT_BELOW = 32
 BLOCK_BYTES = 1 << 22  # at least this much of a block's copied rows: fewer, longer NumPy calls
 
 
@@ -283,34 +286,35 @@ class Conv2d(Layer):
             plan.from_frequency_transposed(dh[b0:b1], dmixed[b0:b1])
             return dh[b0:b1].sum(axis=(0, 1, 2))
 
-        def grad_block(b0, b1, q0=0, q1=Q, out=None):  # images b0..b1, frequencies q0..q1
+        def block_grad(b0, b1, q0=0, q1=Q, out=None):  # the weight block's gradient: images b0..b1, frequencies q0..q1
             return np.matmul(spectrum[b0:b1, q0:q1].transpose(1, 2, 0), dmixed[b0:b1, q0:q1].transpose(1, 0, 2), out=out)
 
         def to_input(b0, b1):  # the spectrum is used up: its buffer takes its gradient
             mix(dmixed[b0:b1], block_t, spectrum[b0:b1])
             plan.to_frequency_transposed(spectrum[b0:b1], dx[b0:b1])
 
-        if N >= 32 * parallel.thread_count():
+        if N >= FREQUENCY_SPLIT_BELOW * parallel.thread_count():
             def run(b0, b1):
                 bias_part = to_mixed(b0, b1)
-                weight_part = grad_block(b0, b1)
+                weight_part = block_grad(b0, b1)
                 if dx is not None:
                     to_input(b0, b1)
                 return weight_part, bias_part
 
             parts = over_batch(run, N, dmixed.size, uses_blas=True)
-            bias_parts, block = [p[1] for p in parts], parts[0][0]
+            bias_parts, grad_block = [p[1] for p in parts], parts[0][0]
             # The partial sums added in range order, into the first, by ranges of frequencies in
             # parallel: the sum ordered_sum makes, without a fresh array and a serial pass.
             if len(parts) > 1:
-                over_batch(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=block[q0:q1]), Q, block.size)
+                over_batch(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=grad_block[q0:q1]),
+                           Q, grad_block.size)
         else:
             bias_parts = over_batch(to_mixed, N, dmixed.size, uses_blas=True)
-            block = self._scratch("_grad_block", (Q, 2 * C, 2 * F), dh.dtype)
-            over_batch(lambda q0, q1: grad_block(0, N, q0, q1, out=block[q0:q1]), Q, dmixed.size, uses_blas=True)
+            grad_block = self._scratch("_grad_block", (Q, 2 * C, 2 * F), dh.dtype)
+            over_batch(lambda q0, q1: block_grad(0, N, q0, q1, out=grad_block[q0:q1]), Q, dmixed.size, uses_blas=True)
             if dx is not None:
                 over_batch(to_input, N, dmixed.size, uses_blas=True)
-        self._set_grad("weight", [plan.weight_grad(block)])
+        self._set_grad("weight", [plan.weight_grad(grad_block)])
         if "bias" in self.params:
             self._set_grad("bias", bias_parts)
         self.spectrum = self.block = None
