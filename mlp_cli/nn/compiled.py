@@ -25,10 +25,13 @@ reference's order. Backward:
         hit1 = xp[2r, p+C] == m and not hit0       PyTorch's (row-major) order; the first
         hit2 = xp[2r+1, p] == m and not (hit0 or hit1)           that equals the maximum
         hit3 = xp[2r+1, p+C] == m and not (hit0 or hit1 or hit2) takes the gradient
-        dx[2r, p], dx[2r, p+C], dx[2r+1, p], dx[2r+1, p+C] = d[r, q] * hit0..hit3
+        dx[2r, p], dx[2r, p+C], dx[2r+1, p], dx[2r+1, p+C] = d[r, q] where hit0..hit3, else 0
 
-Only comparisons and copies: the result is bit for bit the NumPy reference's (ties, and a NaN
-maximum, which equals nothing and routes nowhere, included); tests/test_compiled.py checks it.
+Only comparisons and copies: wherever the gradient is finite the result equals the NumPy
+reference's (ties, and a NaN maximum, which equals nothing and routes nowhere, included);
+tests/test_compiled.py checks it. The reference multiplies d by each hit mask, so it writes -0.0
+beside a negative gradient, and NaN beside an infinite or NaN one, where the kernel (like PyTorch)
+writes 0.0.
 Branch-free selects keep the loop fast on random data (a branch per input mispredicts half
 the time).
 
