@@ -512,10 +512,12 @@ class MaxPool2d(_Pool2d):
         if use_kernel:
             xp = np.ascontiguousarray(xp)
 
+        first = np.empty(out.shape, np.uint8) if use_kernel else None
+
         def pool(b0, b1):
             o = out[b0:b1]
             if use_kernel:
-                compiled_kernels().maxpool2x2_forward(xp[b0:b1], o)
+                compiled_kernels().maxpool2x2_forward(xp[b0:b1], o, first[b0:b1])
                 return
             for k, window in self._offsets(Ho, Wo):
                 v = xp[b0:b1][window]
@@ -525,12 +527,17 @@ class MaxPool2d(_Pool2d):
                     np.maximum(o, v, out=o)
 
         over_batch(pool, N, xp.size)
-        self.xp, self.out, self.geometry, self.in_shape = xp, out, (Ho, Wo, Hp, Wp), xh.shape
+        # The kernel's backward needs only `first` (which input of each window takes its
+        # gradient), not the input and output: 1 byte per output instead of 5 input and output numbers read.
+        self.xp, self.out = (None, None) if use_kernel else (xp, out)
+        self.first, self.geometry, self.in_shape = first, (Ho, Wo, Hp, Wp), xh.shape
         return _nchw(out)
 
     def argmax_offsets(self) -> np.ndarray:
         """After forward: (N, Ho, Wo, C) index i*kw + j of the kernel offset holding each window's
         first maximum (what decides where backward routes the gradient)."""
+        if self.first is not None:  # the compiled forward's routing: 0-3, or 4 for none
+            return np.where(self.first < 4, self.first, -1).astype(np.int16)
         Ho, Wo = self.geometry[:2]
         found = np.full(self.out.shape, -1, np.int16)
         for k, window in self._offsets(Ho, Wo):
@@ -549,12 +556,12 @@ class MaxPool2d(_Pool2d):
         Ho, Wo, Hp, Wp = self.geometry
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         dh = _nhwc(dout)
-        if self._compiled_applies(H, W):
-            xp, out, d = (np.ascontiguousarray(a, dout.dtype) for a in (self.xp, self.out, dh))
+        if self.first is not None:
+            first, d = self.first, np.ascontiguousarray(dh)
             dx = np.empty((N, H, W, C), dout.dtype)
             kernel = compiled_kernels().maxpool2x2_backward
-            over_batch(lambda b0, b1: kernel(xp[b0:b1], out[b0:b1], d[b0:b1], dx[b0:b1]), N, dx.size)
-            self.xp = self.out = None
+            over_batch(lambda b0, b1: kernel(first[b0:b1], d[b0:b1], dx[b0:b1]), N, dx.size)
+            self.first = None
             return _nchw(dx)
         # Windows that tile the (padded) input, like 2x2 with stride 2, touch every input once:
         # each offset's share is written straight into place, with no zeroing and no sums.
