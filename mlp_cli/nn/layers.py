@@ -36,10 +36,10 @@ def _nchw(x: np.ndarray) -> np.ndarray:
 
 
 BLOCK_IMAGES = 8  # images per im2col/col2im block: a block's columns fit in a core's cache
+BLOCK_BYTES = 1 << 22  # at least this much of a block's copied rows: fewer, longer NumPy calls
 # Below this many images a thread, the DFT convolution's weight gradient is split by frequencies
 # instead of by batch ranges (Conv2d._backward_dft).
 FREQUENCY_SPLIT_BELOW = 32
-BLOCK_BYTES = 1 << 22  # at least this much of a block's copied rows: fewer, longer NumPy calls
 
 
 def _block_images(image_bytes: int) -> int:
