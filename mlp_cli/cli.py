@@ -252,20 +252,22 @@ def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
         if out:
             fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
         command = ["--resume", resume_dir] + (["--from-epoch", str(from_epoch)] if from_epoch is not None else [])
-        result = training.resume_run(resume_dir, overrides, console=console, from_epoch=from_epoch,
-                                     command=shlex.join(["mlp-cli", "train", *command, *overrides]))
+        result = training.fit(None, resume_dir, resume=True, overrides=overrides, from_epoch=from_epoch,
+                              console=console, command=shlex.join(["mlp-cli", "train", *command, *overrides]))
     else:
         cfg = config.load(config_path, overrides)
         _pitfall_warnings(cfg)
         run_dir = out if out else _default_run_dir(config_path)
         command = ["--config", config_path, "--out", str(run_dir), *overrides]
-        result = training.start_run(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]))
+        result = training.fit(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]))
     if result.best_val_acc is None:
         best = f"no validation split, best.safetensors is epoch {result.best_epoch}"
     else:
         best = f"best validation accuracy {100 * result.best_val_acc:.2f}% at epoch {result.best_epoch}"
     test = "" if result.test is None else f", test accuracy {100 * result.test['accuracy']:.2f}%"
-    click.echo(f"done: {result.epochs} epochs, {best}{test}; run saved in {result.run_dir}")
+    epochs = f"{result.epochs} epoch{'s' * (result.epochs != 1)}"
+    stopped = "" if result.early_stop is None else " (stopped early)"
+    click.echo(f"done: {epochs}{stopped}, {best}{test}; run saved in {result.run_dir}")
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -226,6 +226,15 @@ class Optim(Strict):
         return self
 
 
+class EarlyStop(Strict):
+    """Keras's EarlyStopping: stop after `patience` epochs in a row in which `monitor` did not
+    improve on its best by more than `min_delta`."""
+
+    monitor: Literal["val_loss", "val_acc"] = "val_loss"
+    patience: int = Field(default=0, ge=0)
+    min_delta: float = Field(default=0.0, ge=0)
+
+
 class Train(Strict):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -235,6 +244,8 @@ class Train(Strict):
     # step; when above 0 the average is what is validated, tested and saved as best.safetensors.
     ema: float = Field(default=0.0, ge=0, lt=1)
     plots: bool = True  # write curves.png, confusion.png, ... into the run directory
+    tensorboard: bool = True  # write TensorBoard event files into RUN/tensorboard (events.py)
+    early_stop: EarlyStop | None = None  # stop when the validation metric stops improving (null: never)
 
 
 class Config(Strict):
@@ -251,6 +262,10 @@ class Config(Strict):
             raise ValueError(f"optim.schedule.warmup_epochs {warmup} is not shorter than the run (train.epochs "
                              f"{epochs}): the learning rate would never reach optim.lr; use fewer warm-up epochs "
                              f"(e.g. optim.schedule.warmup_epochs={max(1, epochs // 5) if epochs > 1 else 0}) or more epochs")
+        if self.train.early_stop is not None and self.data.val_size == 0:
+            raise ValueError(f"train.early_stop watches {self.train.early_stop.monitor}, but data.val_size is 0 "
+                             "(no validation split); give a validation split (e.g. data.val_size=0.1) or "
+                             "train.early_stop=null")
         return self
 
     def dump(self) -> dict:

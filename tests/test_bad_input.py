@@ -261,7 +261,7 @@ def test_an_unwritable_cache_warns_once(tmp_path, monkeypatch, capsys):
 def circles_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("circles") / "run"
     r = CliRunner().invoke(main, ["train", "--config", str(CIRCLES), "--out", str(out), "train.epochs=2",
-                                  "train.plots=false", "--quiet"])
+                                  "train.plots=false", "data.val_size=0", "--quiet"])
     assert r.exit_code == 0, r.output
     return out
 

@@ -79,16 +79,16 @@ def killed_at(n: int):
 def continue_until_done(out: Path, cfg):
     """What a user does after a kill: resume the run, or start it again if the folder never appeared."""
     if out.exists():
-        return train.resume_run(out, console=train.Console(quiet=True))
-    return train.start_run(cfg, out, console=train.Console(quiet=True))
+        return train.fit(None, out, resume=True, console=train.Console(quiet=True))
+    return train.fit(cfg, out, console=train.Console(quiet=True))
 
 
 def test_kill_at_every_write_point_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "COMMIT_INTERVAL", 0.0)  # commit every epoch: the most write points
+    monkeypatch.setattr(train.loop, "COMMIT_INTERVAL", 0.0)  # commit every epoch: the most write points
     monkeypatch.setattr(rundir, "_alive", lambda pid: False)  # the "killed" creator is gone
     cfg = circles("train.epochs=2", "train.batch_size=50")
     quiet = train.Console(quiet=True)
-    train.start_run(cfg, tmp_path / "straight", console=quiet)
+    train.fit(cfg, tmp_path / "straight", console=quiet)
     expected = final_files(tmp_path / "straight")
 
     n, rng = 0, random.Random(0)
@@ -97,7 +97,7 @@ def test_kill_at_every_write_point_then_resume_gives_the_uninterrupted_files(tmp
         out = tmp_path / f"k{n}"
         with killed_at(n) as state:
             try:
-                train.start_run(cfg, out, console=quiet)
+                train.fit(cfg, out, console=quiet)
             except Killed:
                 pass
         if not state["dead"]:
@@ -105,7 +105,7 @@ def test_kill_at_every_write_point_then_resume_gives_the_uninterrupted_files(tmp
         if rng.random() < 0.3 and out.exists():  # sometimes the resume is killed too, during recovery or later
             with killed_at(rng.randint(1, 40)):
                 with contextlib.suppress(Killed):
-                    train.resume_run(out, console=quiet)
+                    train.fit(None, out, resume=True, console=quiet)
         continue_until_done(out, cfg)
         assert final_files(out) == expected, f"killed at write {n}"
         assert not list(out.glob(".*.tmp")) and not (out / ".commits" / ".tmp").exists()
@@ -255,11 +255,11 @@ def test_resume_records_allowed_overrides_in_history_and_warns_about_the_schedul
 
 
 def test_damaged_last_checkpoint_names_the_last_good_epoch_and_continues_from_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "COMMIT_INTERVAL", 0.0)
+    monkeypatch.setattr(train.loop, "COMMIT_INTERVAL", 0.0)
     out = tmp_path / "r"
     cfg = circles("train.epochs=4")
-    train.start_run(cfg, tmp_path / "straight", console=train.Console(quiet=True))
-    train.start_run(circles("train.epochs=3"), out, console=train.Console(quiet=True))
+    train.fit(cfg, tmp_path / "straight", console=train.Console(quiet=True))
+    train.fit(circles("train.epochs=3"), out, console=train.Console(quiet=True))
     last = out / "last.safetensors"
     last.write_bytes(last.read_bytes()[:100])  # damaged in place by hand (the same file as in .commits)
     r = run_cli("train", "--resume", out, "train.epochs=4")
@@ -293,8 +293,10 @@ def test_full_disk_during_training_exits_1_and_the_last_checkpoint_still_evaluat
     try:
         out = disk / "r"
         # 3000 hidden units: each weights file is 60 KB, so the second commit (a second later) does not fit.
+        # Without the TensorBoard log: the hundreds of toy epochs of that second would fill the disk first.
         r = subprocess.run([*MLP_CLI, "train", "--config", str(CIRCLES), "--out", str(out), "train.epochs=5000",
-                            "model.layers.0.out_features=3000", "train.plots=false"], capture_output=True, text=True)
+                            "model.layers.0.out_features=3000", "train.plots=false", "train.tensorboard=false"],
+                           capture_output=True, text=True)
         assert r.returncode == 1, r.stderr
         assert "no space left on the device" in r.stderr and "Traceback" not in r.stderr
         assert r.stderr.strip().count("\n") == 0
