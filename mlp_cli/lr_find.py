@@ -1,0 +1,246 @@
+"""The learning-rate range test of `mlp-cli lr-find`, as fastai's `Learner.lr_find` runs it.
+
+A mock training of the config's network (its seeded initial weights, its optimizer, batch size,
+augmentation and label smoothing, on its training batches) whose learning rate grows
+exponentially, one value per batch, from `start` to `end`. After each batch the loss is smoothed
+as fastai's Recorder does (an exponential moving average with beta 0.98, debiased by
+1 - beta^n, n the batches so far), and the test stops once the smoothed loss exceeds 4 times the
+lowest smoothed loss so far (fastai's `stop_div`) or a loss is not finite. The suggestion is
+fastai's default rule, `valley`, on the recorded curve trimmed as fastai trims it.
+
+One difference from fastai, on purpose: batch k of N trains at start * (end/start)^(k/(N-1)), so
+the first batch is at `start` and the last at `end` (Lightning's and torch-lr-finder's ramp);
+fastai's uses k/N and never reaches `end`.
+
+Nothing here writes a file but the plot (`draw`), and nothing of the mock training is kept: the
+weights live in this process only. `find_lr` is the pure part; it returns the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BETA = 0.98  # fastai's AvgSmoothLoss
+DIVERGENCE = 4.0  # stop once the smoothed loss is this many times its best (fastai's LRFinder)
+RULE = "valley"  # fastai's default suggestion since 2.4
+RULE_TEXT = ("fastai's default rule: the longest stretch over which the smoothed loss keeps falling, "
+             "taken half-way along its first two thirds")
+TRIM_END = 5  # fastai drops the last 5 points and the first steps // 10 before suggesting
+
+
+@dataclass
+class LRFindResult:
+    """The curve of one range test: entry k is batch k (all lists as long as `batches`)."""
+
+    lrs: list[float]  # the learning rate batch k trained with
+    losses: list[float]  # the smoothed (debiased) loss after batch k: what is plotted and judged
+    raw_losses: list[float]  # the loss of batch k itself, before its step
+    steps: int  # the batches asked for
+    stopped: str  # "completed", "diverged" (smoothed loss above 4x its best) or "non-finite"
+    suggestion: float | None = None  # None when too few batches remain after the trim
+    index: int | None = None  # which batch the suggestion is
+    rule: str = RULE
+    stop_lr: float | None = field(default=None)  # the rate at which a stopped test stopped
+
+    @property
+    def batches(self) -> int:
+        return len(self.lrs)
+
+
+def ramp(start: float, end: float, steps: int) -> np.ndarray:
+    """(steps,) float64: start * (end/start)^(k/(steps-1)), k = 0..steps-1 (exponential, both ends included)."""
+    if not (0 < start < end) or steps < 2:
+        raise ValueError(f"a ramp needs 0 < start < end and at least 2 steps, got {start}, {end}, {steps}")
+    k = np.arange(steps, dtype=np.float64)
+    lrs = start * (end / start) ** (k / (steps - 1))
+    lrs[-1] = end  # exactly, whatever the rounding of the power
+    return lrs
+
+
+class SmoothedLoss:
+    """fastai's AvgSmoothLoss: avg <- beta * avg + (1 - beta) * loss, reported as avg / (1 - beta^n)."""
+
+    def __init__(self, beta: float = BETA):
+        self.beta, self.avg, self.count = beta, 0.0, 0
+
+    def add(self, loss: float) -> float:
+        self.count += 1
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        return self.avg / (1 - self.beta ** self.count)
+
+
+def smooth(losses, beta: float = BETA) -> list[float]:
+    """The debiased moving average after each of `losses` (see SmoothedLoss)."""
+    s = SmoothedLoss(beta)
+    return [s.add(float(v)) for v in losses]
+
+
+def valley(losses) -> int:
+    """fastai's `valley` rule: the index of the suggested point of a loss curve.
+
+    It finds the longest strictly decreasing subsequence of `losses` (O(n^2), as fastai), from
+    `start` to `end` indices, and returns start + int(d/3) + int(d/6), d = end - start: a point in
+    the steep part of the valley, before its bottom. `start` is computed as fastai does
+    (end - the subsequence's length, one before its first element when the subsequence is
+    contiguous); the index is kept >= 0, where fastai would wrap round to the last point.
+    """
+    n = len(losses)
+    if n == 0:
+        raise ValueError("valley needs at least one loss")
+    lds = [1] * n
+    max_start = max_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    return max(0, max_start + int(sections) + int(sections / 2))
+
+
+def suggest(lrs, losses, steps: int) -> int | None:
+    """The index of the suggested rate: `valley` on the curve without its first steps // 10 and last
+    5 points, as fastai's lr_find trims it (the start is flat noise, the end the divergence).
+    None when nothing is left after the trim."""
+    first, last = steps // 10, len(losses) - TRIM_END
+    if last <= first:
+        return None
+    return first + valley(list(losses[first:last]))
+
+
+def find_lr(cfg, *, start: float = 1e-6, end: float = 10.0, steps: int = 100, beta: float = BETA,
+            on_batch=None) -> LRFindResult:
+    """Run the range test on `cfg`'s network and training data; nothing is written.
+
+    Raises ConfigError/ShapeError (exit 2) before any data is read, DataError (exit 1) when the
+    data is missing. `on_batch(k, lr, smoothed_loss)`, if given, is called after each batch.
+    The test runs as many epochs as `steps` needs; each epoch's shuffling, augmentation and
+    dropout come from (seed, epoch) as in `mlp-cli train`, so its first batches are the run's.
+    """
+    from mlp_cli import data, shapes
+    from mlp_cli.errors import DataError
+    from mlp_cli.nn.losses import softmax_cross_entropy
+    from mlp_cli.nn.optim import Optimizer
+    from mlp_cli.nn.parallel import single_threaded_blas
+    from mlp_cli.train import build_network, check_network, check_outputs
+
+    schedule = ramp(start, end, steps)
+    cfg = data.resolve_config(cfg)
+    _, infos = check_network(cfg)
+    architecture = shapes.architecture(infos)
+    train_split = data.load_splits(cfg.data, cfg.seed, ("train",))["train"]
+    if len(train_split) == 0:
+        raise DataError("the training split is empty: there is nothing to train on; lower data.val_size")
+    check_outputs(infos, len(train_split.classes), cfg.data.dataset)
+    norm = data.normalization(train_split, cfg.data)
+    model = build_network(cfg, architecture)
+    model.skip_input_gradient()
+    optimizer = Optimizer(cfg.optim)
+
+    result = LRFindResult([], [], [], steps, "completed")
+    smoothed, best = SmoothedLoss(beta), math.inf
+    with single_threaded_blas():
+        epoch = 0
+        while result.batches < steps and result.stopped == "completed":
+            model.set_rng(np.random.default_rng([cfg.seed, epoch, 2]))
+            model.train()
+            batches = data.batches(train_split, cfg.train.batch_size, train=True,
+                                   rng=np.random.default_rng([cfg.seed, epoch, 1]), normalization=norm,
+                                   augment=cfg.data.augment)
+            for x, y in batches:
+                k = result.batches
+                lr = float(schedule[k])
+                with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss
+                    logits = model.forward(x)
+                    loss, dlogits = softmax_cross_entropy(logits, y, cfg.train.label_smoothing)
+                    if not math.isfinite(loss):
+                        result.stopped, result.stop_lr = "non-finite", lr
+                        break
+                    model.backward(dlogits)
+                    optimizer.step(model.named_params(), model.named_grads(), lr)
+                value = smoothed.add(float(loss))
+                result.lrs.append(lr)
+                result.raw_losses.append(float(loss))
+                result.losses.append(value)
+                if on_batch is not None:
+                    on_batch(k, lr, value)
+                best = min(best, value)
+                if value > DIVERGENCE * best:
+                    result.stopped, result.stop_lr = "diverged", lr
+                    break
+                if result.batches == steps:
+                    break
+            epoch += 1
+    result.index = suggest(result.lrs, result.losses, steps)
+    if result.index is not None:
+        result.suggestion = result.lrs[result.index]
+    return result
+
+
+def summary(result: LRFindResult) -> str:
+    """One line on how the test went: the rates covered and why it ended."""
+    span = f"lr {result.lrs[0]:.3g} to {result.lrs[-1]:.3g}" if result.lrs else "no batch"
+    if result.stopped == "diverged":
+        how = f"stopped: the smoothed loss passed {DIVERGENCE:g} times its best ({min(result.losses):.4g})"
+    elif result.stopped == "non-finite":
+        how = f"stopped: the loss was not finite at lr {result.stop_lr:.3g}"
+    else:
+        how = "completed"
+    return f"{result.batches} of {result.steps} batches, {span}; {how}"
+
+
+def suggestion_line(result: LRFindResult) -> str:
+    """`suggested lr 0.0123 (valley: ...)`, naming the rule and the point it picked."""
+    return (f"suggested lr {result.suggestion:.3g} ({result.rule}: {RULE_TEXT}; batch {result.index + 1}, "
+            f"smoothed loss {result.losses[result.index]:.4g})")
+
+
+def as_json(result: LRFindResult) -> dict:
+    """What --json prints: rule, suggestion (null if none), lrs and smoothed losses, raw losses, stop."""
+    return {"rule": result.rule, "suggestion": result.suggestion, "lrs": result.lrs, "losses": result.losses,
+            "raw_losses": result.raw_losses, "stopped": result.stopped, "batches": result.batches,
+            "steps": result.steps}
+
+
+def draw(result: LRFindResult, path, title: str = ""):
+    """The smoothed loss (and, faintly, each batch's) against the rate on a log axis, the
+    suggestion marked; written atomically in the format the extension names. Returns the path."""
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from mlp_cli.files import write_atomic
+
+    fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lrs, losses = np.asarray(result.lrs), np.asarray(result.losses)
+    ax.plot(lrs, result.raw_losses, color="#bbbbbb", linewidth=0.8, label="loss of the batch")
+    ax.plot(lrs, losses, color="#2166ac", linewidth=1.8, label=f"smoothed (beta {BETA})")
+    if result.suggestion is not None:
+        ax.axvline(result.suggestion, color="#b2182b", linestyle=":", linewidth=1)
+        ax.plot([result.suggestion], [losses[result.index]], "o", color="#b2182b",
+                label=f"{result.rule}: lr {result.suggestion:.3g}")
+    ax.set_xscale("log")
+    if len(losses):
+        low, high = float(losses.min()), float(losses.max())
+        pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.1
+        ax.set_ylim(low - pad, high + pad)  # the raw losses' spikes would squash the curve
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or "learning-rate range test")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best")
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or "png"
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, facecolor="white"))
+    finally:
+        fig.clear()
+    return path
