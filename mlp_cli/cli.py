@@ -534,15 +534,17 @@ def _number(text: str, option: str, kind=float):
 @click.option("--end", default="10", show_default=True, metavar="LR", help="Learning rate of the last batch.")
 @click.option("--steps", default="100", show_default=True, metavar="N",
               help="Batches of the ramp (at least 2; more than an epoch's go on into the next epochs).")
+@click.option("--rule", type=click.Choice(["valley", "steep"]), default="valley", show_default=True,
+              help="Which of fastai's rules gives the suggestion (the other is printed beside it).")
 @click.option("--plot", "plot_path", metavar="FILE.png",
               help="Write the loss against the rate there, suggestion marked (.png, .pdf, .svg, ...)  "
                    "[default: no picture].")
 @click.option("--json", "as_json", is_flag=True,
-              help='Print one JSON object: {"rule", "suggestion", "lrs", "losses" (smoothed), "raw_losses", '
-                   '"stopped", "batches", "steps"}.')
+              help='Print one JSON object: {"rule", "suggestion", "suggestions" (per rule), "lrs", "losses" '
+                   '(smoothed), "raw_losses", "stopped", "batches", "steps"}.')
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @handle_errors
-def lr_find(config_path, start, end, steps, plot_path, as_json, overrides):
+def lr_find(config_path, start, end, steps, rule, plot_path, as_json, overrides):
     """Find a learning rate: fastai's range test on the config's network.
 
     \b
@@ -555,9 +557,10 @@ def lr_find(config_path, start, end, steps, plot_path, as_json, overrides):
     (first batch) to --end (last batch), one rate per batch. The loss is smoothed as fastai
     does (moving average, beta 0.98, debiased), and the test stops when the smoothed loss
     passes 4 times its lowest value or a loss is not finite. The suggestion is fastai's
-    default rule, valley: the longest stretch over which the smoothed loss keeps falling,
-    taken half-way along its first two thirds (the first steps/10 and last 5 batches are
-    left out, as in fastai). Pass the suggestion as optim.lr to train.
+    default rule, valley: the middle of the longest stretch over which the smoothed loss
+    keeps falling; --rule steep takes fastai's steepest descent of the loss against log lr
+    instead (both are printed; the first steps/10 and last 5 batches are left out, as in
+    fastai). Pass the suggestion as optim.lr to train.
     Nothing is written but the --plot picture: no run directory, no checkpoint.
     Exit codes: 0 done, 2 bad option or invalid config (nothing written), 1 missing
     data or too few batches for a suggestion, 130 Ctrl-C, 143 SIGTERM.
@@ -578,7 +581,7 @@ def lr_find(config_path, start, end, steps, plot_path, as_json, overrides):
         from mlp_cli.pictures import check_picture_path
 
         check_picture_path(plot_path, "--plot")
-    result = _lr_find_with_bar(lf, cfg, start, end, steps)
+    result = _lr_find_with_bar(lf, cfg, start, end, steps, rule)
     if as_json:
         click.echo(json.dumps(lf.as_json(result)))
     else:
@@ -596,7 +599,7 @@ def lr_find(config_path, start, end, steps, plot_path, as_json, overrides):
                              f"{steps // 10} and the last {lf.TRIM_END}); lower --start or raise --steps")
 
 
-def _lr_find_with_bar(lf, cfg, start, end, steps):
+def _lr_find_with_bar(lf, cfg, start, end, steps, rule):
     """The range test, with a progress bar on a terminal."""
     from tqdm import tqdm
 
@@ -606,7 +609,7 @@ def _lr_find_with_bar(lf, cfg, start, end, steps):
             bar.update()
             bar.set_postfix(lr=f"{lr:.3g}", loss=f"{loss:.4f}", refresh=False)
 
-        return lf.find_lr(cfg, start=start, end=end, steps=steps, on_batch=on_batch)
+        return lf.find_lr(cfg, start=start, end=end, steps=steps, rule=rule, on_batch=on_batch)
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})

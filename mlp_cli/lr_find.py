@@ -6,7 +6,8 @@ exponentially, one value per batch, from `start` to `end`. After each batch the 
 as fastai's Recorder does (an exponential moving average with beta 0.98, debiased by
 1 - beta^n, n the batches so far), and the test stops once the smoothed loss exceeds 4 times the
 lowest smoothed loss so far (fastai's `stop_div`) or a loss is not finite. The suggestion is
-fastai's default rule, `valley`, on the recorded curve trimmed as fastai trims it.
+fastai's default rule, `valley`, on the recorded curve trimmed as fastai trims it; fastai's
+`steep` (steepest descent) is computed beside it.
 
 One difference from fastai, on purpose: batch k of N trains at start * (end/start)^(k/(N-1)), so
 the first batch is at `start` and the last at `end` (Lightning's and torch-lr-finder's ramp);
@@ -26,8 +27,8 @@ import numpy as np
 BETA = 0.98  # fastai's AvgSmoothLoss
 DIVERGENCE = 4.0  # stop once the smoothed loss is this many times its best (fastai's LRFinder)
 RULE = "valley"  # fastai's default suggestion since 2.4
-RULE_TEXT = ("fastai's default rule: the longest stretch over which the smoothed loss keeps falling, "
-             "taken half-way along its first two thirds")
+RULE_TEXT = {"valley": "fastai's default, the middle of the longest fall of the smoothed loss",
+             "steep": "fastai's steepest descent of the smoothed loss against log lr"}
 TRIM_END = 5  # fastai drops the last 5 points and the first steps // 10 before suggesting
 
 
@@ -40,10 +41,22 @@ class LRFindResult:
     raw_losses: list[float]  # the loss of batch k itself, before its step
     steps: int  # the batches asked for
     stopped: str  # "completed", "diverged" (smoothed loss above 4x its best) or "non-finite"
-    suggestion: float | None = None  # None when too few batches remain after the trim
-    index: int | None = None  # which batch the suggestion is
-    rule: str = RULE
-    stop_lr: float | None = field(default=None)  # the rate at which a stopped test stopped
+    rule: str = RULE  # the rule whose suggestion is `suggestion`
+    indices: dict = field(default_factory=dict)  # rule -> the batch it suggests (None: too few batches)
+    stop_lr: float | None = None  # the rate at which a stopped test stopped
+
+    @property
+    def index(self) -> int | None:
+        return self.indices.get(self.rule)
+
+    @property
+    def suggestion(self) -> float | None:
+        return self.suggestions[self.rule] if self.indices else None
+
+    @property
+    def suggestions(self) -> dict:
+        """rule -> suggested rate (None if the rule had too few batches)."""
+        return {rule: None if i is None else self.lrs[i] for rule, i in self.indices.items()}
 
     @property
     def batches(self) -> int:
@@ -103,18 +116,34 @@ def valley(losses) -> int:
     return max(0, max_start + int(sections) + int(sections / 2))
 
 
-def suggest(lrs, losses, steps: int) -> int | None:
-    """The index of the suggested rate: `valley` on the curve without its first steps // 10 and last
-    5 points, as fastai's lr_find trims it (the start is flat noise, the end the divergence).
-    None when nothing is left after the trim."""
+def steep(lrs, losses) -> int:
+    """fastai's `steep` rule: the left end of the segment where the loss falls fastest against
+    log(lr), i.e. argmin of (loss[i+1] - loss[i]) / (log lr[i+1] - log lr[i]). Needs 2 points."""
+    losses, logs = np.asarray(losses, dtype=np.float64), np.log(np.asarray(lrs, dtype=np.float64))
+    if len(losses) < 2:
+        raise ValueError("steep needs at least two losses")
+    return int(np.argmin(np.diff(losses) / np.diff(logs)))
+
+
+RULES = ("valley", "steep")
+
+
+def suggest(lrs, losses, steps: int, rule: str = RULE) -> int | None:
+    """The index of the rate `rule` suggests, on the curve without its first steps // 10 and last 5
+    points, as fastai's lr_find trims it (the start is flat noise, the end the divergence).
+    None when too little is left after the trim (valley needs 1 point, steep 2)."""
     first, last = steps // 10, len(losses) - TRIM_END
-    if last <= first:
+    if last - first < (2 if rule == "steep" else 1):
         return None
-    return first + valley(list(losses[first:last]))
+    if rule == "valley":
+        return first + valley(list(losses[first:last]))
+    if rule == "steep":
+        return first + steep(lrs[first:last], losses[first:last])
+    raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
 
 
-def find_lr(cfg, *, start: float = 1e-6, end: float = 10.0, steps: int = 100, beta: float = BETA,
-            on_batch=None) -> LRFindResult:
+def find_lr(cfg, *, start: float = 1e-6, end: float = 10.0, steps: int = 100, rule: str = RULE,
+            beta: float = BETA, on_batch=None) -> LRFindResult:
     """Run the range test on `cfg`'s network and training data; nothing is written.
 
     Raises ConfigError/ShapeError (exit 2) before any data is read, DataError (exit 1) when the
@@ -129,6 +158,8 @@ def find_lr(cfg, *, start: float = 1e-6, end: float = 10.0, steps: int = 100, be
     from mlp_cli.nn.parallel import single_threaded_blas
     from mlp_cli.train import build_network, check_network, check_outputs
 
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
     schedule = ramp(start, end, steps)
     cfg = data.resolve_config(cfg)
     _, infos = check_network(cfg)
@@ -142,7 +173,7 @@ def find_lr(cfg, *, start: float = 1e-6, end: float = 10.0, steps: int = 100, be
     model.skip_input_gradient()
     optimizer = Optimizer(cfg.optim)
 
-    result = LRFindResult([], [], [], steps, "completed")
+    result = LRFindResult([], [], [], steps, "completed", rule)
     smoothed, best = SmoothedLoss(beta), math.inf
     with single_threaded_blas():
         epoch = 0
@@ -176,9 +207,7 @@ def find_lr(cfg, *, start: float = 1e-6, end: float = 10.0, steps: int = 100, be
                 if result.batches == steps:
                     break
             epoch += 1
-    result.index = suggest(result.lrs, result.losses, steps)
-    if result.index is not None:
-        result.suggestion = result.lrs[result.index]
+    result.indices = {name: suggest(result.lrs, result.losses, steps, name) for name in RULES}
     return result
 
 
@@ -195,16 +224,20 @@ def summary(result: LRFindResult) -> str:
 
 
 def suggestion_line(result: LRFindResult) -> str:
-    """`suggested lr 0.0123 (valley: ...)`, naming the rule and the point it picked."""
-    return (f"suggested lr {result.suggestion:.3g} ({result.rule}: {RULE_TEXT}; batch {result.index + 1}, "
-            f"smoothed loss {result.losses[result.index]:.4g})")
+    """`suggested lr 0.00475 (valley: ..., batch 53); steep: 0.0546`: the rule used, named and
+    explained, and what the other rule would say."""
+    others = "".join(f"; {name}: {'-' if lr is None else f'{lr:.3g}'}"
+                     for name, lr in result.suggestions.items() if name != result.rule)
+    return (f"suggested lr {result.suggestion:.3g} ({result.rule}: {RULE_TEXT[result.rule]}, batch "
+            f"{result.index + 1}){others}")
 
 
 def as_json(result: LRFindResult) -> dict:
-    """What --json prints: rule, suggestion (null if none), lrs and smoothed losses, raw losses, stop."""
-    return {"rule": result.rule, "suggestion": result.suggestion, "lrs": result.lrs, "losses": result.losses,
-            "raw_losses": result.raw_losses, "stopped": result.stopped, "batches": result.batches,
-            "steps": result.steps}
+    """What --json prints: the rule, its suggestion (null if none), every rule's, the rates and the
+    smoothed losses (what the rules judge), each batch's own loss, why the test ended."""
+    return {"rule": result.rule, "suggestion": result.suggestion, "suggestions": result.suggestions,
+            "lrs": result.lrs, "losses": result.losses, "raw_losses": result.raw_losses,
+            "stopped": result.stopped, "batches": result.batches, "steps": result.steps}
 
 
 def draw(result: LRFindResult, path, title: str = ""):
@@ -223,10 +256,14 @@ def draw(result: LRFindResult, path, title: str = ""):
     lrs, losses = np.asarray(result.lrs), np.asarray(result.losses)
     ax.plot(lrs, result.raw_losses, color="#bbbbbb", linewidth=0.8, label="loss of the batch")
     ax.plot(lrs, losses, color="#2166ac", linewidth=1.8, label=f"smoothed (beta {BETA})")
-    if result.suggestion is not None:
-        ax.axvline(result.suggestion, color="#b2182b", linestyle=":", linewidth=1)
-        ax.plot([result.suggestion], [losses[result.index]], "o", color="#b2182b",
-                label=f"{result.rule}: lr {result.suggestion:.3g}")
+    for name, colour in zip(sorted(result.indices, key=lambda n: n != result.rule), ("#b2182b", "#1b7837")):
+        i = result.indices[name]
+        if i is None:
+            continue
+        chosen = name == result.rule
+        ax.axvline(lrs[i], color=colour, linestyle=":", linewidth=1 if chosen else 0.7)
+        ax.plot([lrs[i]], [losses[i]], "o" if chosen else "s", color=colour, markersize=7 if chosen else 5,
+                label=f"{name}{' (suggested)' if chosen else ''}: lr {lrs[i]:.3g}")
     ax.set_xscale("log")
     if len(losses):
         low, high = float(losses.min()), float(losses.max())
@@ -235,7 +272,7 @@ def draw(result: LRFindResult, path, title: str = ""):
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title(title or "learning-rate range test")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     path = Path(path)
     fmt = path.suffix[1:].lower() or "png"
