@@ -513,7 +513,7 @@ def gradcheck(config_path, batch, samples, threshold, seed, as_json, overrides):
 
 # ----------------------------------------------------------------------------- lr-find
 def _number(text: str, option: str, kind=float):
-    """A positive finite number from an option's text; UsageError in one line otherwise."""
+    """A number from an option's text (a float: finite and above 0); UsageError in one line otherwise."""
     import math
 
     from mlp_cli.errors import UsageError
@@ -522,8 +522,8 @@ def _number(text: str, option: str, kind=float):
         value = kind(text)
     except ValueError:
         raise UsageError(f"{option} {text!r} is not {'a whole number' if kind is int else 'a number'}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{option} {text} must be a positive{' whole' if kind is int else ''} number")
+    if kind is float and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{option} {text} must be a finite number above 0 (a learning rate)")
     return value
 
 
@@ -575,7 +575,7 @@ def lr_find(config_path, start, end, steps, rule, plot_path, as_json, overrides)
     if start >= end:
         raise UsageError(f"--start {start:g} must be below --end {end:g}: the rate grows from one to the other")
     if steps < 2:
-        raise UsageError(f"--steps {steps} is too few: the ramp needs at least 2 batches (fastai uses 100)")
+        raise UsageError(f"--steps {steps} is too few: the ramp needs at least 2 batches (fastai takes 100)")
     cfg = config.load(config_path, overrides)
     if plot_path:
         from mlp_cli.pictures import check_picture_path

@@ -63,14 +63,16 @@ class LRFindResult:
         return len(self.lrs)
 
 
-def ramp(start: float, end: float, steps: int) -> np.ndarray:
-    """(steps,) float64: start * (end/start)^(k/(steps-1)), k = 0..steps-1 (exponential, both ends included)."""
+def rate(start: float, end: float, steps: int, k: int) -> float:
+    """The rate of batch k of the ramp: start * (end/start)^(k/(steps-1)); exactly `end` for the last."""
     if not (0 < start < end) or steps < 2:
         raise ValueError(f"a ramp needs 0 < start < end and at least 2 steps, got {start}, {end}, {steps}")
-    k = np.arange(steps, dtype=np.float64)
-    lrs = start * (end / start) ** (k / (steps - 1))
-    lrs[-1] = end  # exactly, whatever the rounding of the power
-    return lrs
+    return float(end) if k == steps - 1 else float(start * (end / start) ** (k / (steps - 1)))
+
+
+def ramp(start: float, end: float, steps: int) -> np.ndarray:
+    """(steps,) float64: the rate of every batch (see `rate`), exponential from start to end."""
+    return np.array([rate(start, end, steps, k) for k in range(steps)])
 
 
 class SmoothedLoss:
@@ -160,7 +162,7 @@ def find_lr(cfg, *, start: float = 1e-6, end: float = 10.0, steps: int = 100, ru
 
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose from {', '.join(RULES)}")
-    schedule = ramp(start, end, steps)
+    rate(start, end, steps, 0)  # the arguments checked before any data is read
     cfg = data.resolve_config(cfg)
     _, infos = check_network(cfg)
     architecture = shapes.architecture(infos)
@@ -185,7 +187,7 @@ def find_lr(cfg, *, start: float = 1e-6, end: float = 10.0, steps: int = 100, ru
                                    augment=cfg.data.augment)
             for x, y in batches:
                 k = result.batches
-                lr = float(schedule[k])
+                lr = rate(start, end, steps, k)  # one at a time: --steps 10**9 needs no 8 GB array
                 with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss
                     logits = model.forward(x)
                     loss, dlogits = softmax_cross_entropy(logits, y, cfg.train.label_smoothing)
