@@ -26,7 +26,7 @@ import numpy as np
 
 BETA = 0.98  # fastai's AvgSmoothLoss
 DIVERGENCE = 4.0  # stop once the smoothed loss is this many times its best (fastai's LRFinder)
-RULE = "valley"  # fastai's default suggestion since 2.4
+RULE = "valley"  # fastai's default suggestion (suggest_funcs=(SuggestionMethod.Valley))
 RULE_TEXT = {"valley": "fastai's default, the middle of the longest fall of the smoothed loss",
              "steep": "fastai's steepest descent of the smoothed loss against log lr"}
 TRIM_END = 5  # fastai drops the last 5 points and the first steps // 10 before suggesting
