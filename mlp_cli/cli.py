@@ -513,6 +513,107 @@ def gradcheck(config_path, batch, samples, threshold, seed, as_json, overrides):
         fail(result.summary(), EXIT_RUNTIME)
 
 
+# ----------------------------------------------------------------------------- lr-find
+def _number(text: str, option: str, kind=float):
+    """A number from an option's text (a float: finite and above 0); UsageError in one line otherwise."""
+    import math
+
+    from mlp_cli.errors import UsageError
+
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    if kind is float and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{option} {text} must be a finite number above 0 (a learning rate)")
+    return value
+
+
+@main.command("lr-find", cls=OverridesCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The config whose network, data, optimizer and batch size to test.")
+@click.option("--start", default="1e-6", show_default=True, metavar="LR", help="Learning rate of the first batch.")
+@click.option("--end", default="10", show_default=True, metavar="LR", help="Learning rate of the last batch.")
+@click.option("--steps", default="100", show_default=True, metavar="N",
+              help="Batches of the ramp (at least 2; more than an epoch's go on into the next epochs).")
+@click.option("--rule", type=click.Choice(["valley", "steep"]), default="valley", show_default=True,
+              help="Which of fastai's rules gives the suggestion (the other is printed beside it).")
+@click.option("--plot", "plot_path", metavar="FILE.png",
+              help="Write the loss against the rate there, suggestion marked (.png, .pdf, .svg, ...)  "
+                   "[default: no picture].")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print one JSON object: {"rule", "suggestion", "suggestions" (per rule), "lrs", "losses" '
+                   '(smoothed), "raw_losses", "stopped", "batches", "steps"}.')
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@handle_errors
+def lr_find(config_path, start, end, steps, rule, plot_path, as_json, overrides):
+    """Find a learning rate: fastai's range test on the config's network.
+
+    \b
+      mlp-cli lr-find --config configs/mnist_mlp.yaml --plot lr.png
+      mlp-cli lr-find --config configs/mnist_lenet5.yaml --steps 50 data.root=/data --json
+
+    \b
+    A mock training from the config's initial weights (seed), with its optimizer, batch size,
+    augmentation and label smoothing, whose learning rate grows exponentially from --start
+    (first batch) to --end (last batch), one rate per batch. The loss is smoothed as fastai
+    does (moving average, beta 0.98, debiased), and the test stops when the smoothed loss
+    passes 4 times its lowest value or a loss is not finite. The suggestion is fastai's
+    default rule, valley: the middle of the longest stretch over which the smoothed loss
+    keeps falling; --rule steep takes fastai's steepest descent of the loss against log lr
+    instead (both are printed; the first steps/10 and last 5 batches are left out, as in
+    fastai). Pass the suggestion as optim.lr to train.
+    Nothing is written but the --plot picture: no run directory, no checkpoint.
+    Exit codes: 0 done, 2 bad option or invalid config (nothing written), 1 missing
+    data or too few batches for a suggestion, 130 Ctrl-C, 143 SIGTERM.
+    """
+    import json
+
+    from mlp_cli import config
+    from mlp_cli import lr_find as lf
+    from mlp_cli.errors import RuntimeFailure, UsageError
+
+    start, end, steps = _number(start, "--start"), _number(end, "--end"), _number(steps, "--steps", int)
+    if start >= end:
+        raise UsageError(f"--start {start:g} must be below --end {end:g}: the rate grows from one to the other")
+    if steps < 2:
+        raise UsageError(f"--steps {steps} is too few: the ramp needs at least 2 batches (fastai takes 100)")
+    cfg = config.load(config_path, overrides)
+    if plot_path:
+        from mlp_cli.pictures import check_picture_path
+
+        check_picture_path(plot_path, "--plot")
+    result = _lr_find_with_bar(lf, cfg, start, end, steps, rule)
+    if as_json:
+        click.echo(json.dumps(lf.as_json(result)))
+    else:
+        click.echo(lf.summary(result))
+        if result.suggestion is not None:
+            click.echo(lf.suggestion_line(result) + f"; the config has optim.lr {cfg.optim.lr:g}")
+    sys.stdout.flush()  # the numbers before the notes on stderr, also when both go to one pipe
+    if plot_path:
+        from pathlib import Path
+
+        written = lf.draw(result, plot_path, title=f"lr-find: {Path(config_path).name}")
+        click.echo(f"plot written to {written}", err=True)
+    if result.suggestion is None:
+        raise RuntimeFailure(f"{lf.summary(result)}: too few batches for a suggestion (fastai leaves out the first "
+                             f"{steps // 10} and the last {lf.TRIM_END}); lower --start or raise --steps")
+
+
+def _lr_find_with_bar(lf, cfg, start, end, steps, rule):
+    """The range test, with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=steps, desc="lr-find", unit="batch", disable=not sys.stderr.isatty(), leave=False,
+              dynamic_ncols=True) as bar:
+        def on_batch(_k, lr, loss):
+            bar.update()
+            bar.set_postfix(lr=f"{lr:.3g}", loss=f"{loss:.4f}", refresh=False)
+
+        return lf.find_lr(cfg, start=start, end=end, steps=steps, rule=rule, on_batch=on_batch)
+
+
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", "checkpoint_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="A .safetensors checkpoint of an image model, written by mlp-cli train.")
