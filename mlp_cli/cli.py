@@ -536,7 +536,7 @@ def _number(text: str, option: str, kind=float):
 @click.option("--end", default="10", show_default=True, metavar="LR", help="Learning rate of the last batch.")
 @click.option("--steps", default="100", show_default=True, metavar="N",
               help="Batches of the ramp (at least 2; more than an epoch's go on into the next epochs).")
-@click.option("--rule", type=click.Choice(["valley", "steep"]), default="valley", show_default=True,
+@click.option("--rule", type=click.Choice(["steep", "valley"]), default="steep", show_default=True,
               help="Which of fastai's rules gives the suggestion (the other is printed beside it).")
 @click.option("--plot", "plot_path", metavar="FILE.png",
               help="Write the loss against the rate there, suggestion marked (.png, .pdf, .svg, ...)  "
@@ -559,10 +559,10 @@ def lr_find(config_path, start, end, steps, rule, plot_path, as_json, overrides)
     (first batch) to --end (last batch), one rate per batch. The loss is smoothed as fastai
     does (moving average, beta 0.98, debiased), and the test stops when the smoothed loss
     passes 4 times its lowest value or a loss is not finite. The suggestion is fastai's
-    default rule, valley: the middle of the longest stretch over which the smoothed loss
-    keeps falling; --rule steep takes fastai's steepest descent of the loss against log lr
-    instead (both are printed; the first steps/10 and last 5 batches are left out, as in
-    fastai). Pass the suggestion as optim.lr to train.
+    steep rule: where the smoothed loss falls fastest against log lr; --rule valley takes
+    fastai's default, the middle of the longest stretch over which it keeps falling, which
+    is a decade more cautious on the shipped nets (both are printed; the first steps/10 and
+    last 5 batches are left out, as in fastai). Pass the suggestion as optim.lr to train.
     Nothing is written but the --plot picture: no run directory, no checkpoint.
     Exit codes: 0 done, 2 bad option or invalid config (nothing written), 1 missing
     data or too few batches for a suggestion, 130 Ctrl-C, 143 SIGTERM.

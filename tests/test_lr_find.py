@@ -148,7 +148,7 @@ def test_json_shape(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert {"suggestion", "lrs", "losses", "rule"} <= out.keys()
-    assert out["rule"] == "valley" and out["suggestion"] == out["suggestions"]["valley"]
+    assert out["rule"] == "steep" and out["suggestion"] == out["suggestions"]["steep"]
     assert len(out["lrs"]) == len(out["losses"]) == len(out["raw_losses"]) == out["batches"] <= 60
     assert out["lrs"][0] == 1e-3 and out["suggestion"] in out["lrs"]
     assert out["suggestions"]["steep"] in out["lrs"]
