@@ -471,11 +471,11 @@ def run_trial(tune_config: dict, *, configs: dict, out: str, env: dict, metric: 
 
     cfg = config_mod.validate(configs[name], f"trial {name}")
 
-    def report(row: dict, committed: bool) -> None:
+    def report(row: dict, committed: bool, final: bool) -> None:
         # Every epoch, committed or not yet (train.COMMIT_INTERVAL): ASHA compares epochs, and a
         # worker that dies is restarted from the last committed one, which reports its epochs again.
         last.update({k: v for k, v in row.items() if v is not None})
-        if row["epoch"] < cfg.train.epochs:  # the last epoch is reported with "finished", after the test
+        if not final:  # the last epoch (or the one early stopping ended on) is reported with "finished"
             tune.report(dict(last))
 
     try:
