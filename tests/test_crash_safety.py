@@ -164,6 +164,7 @@ def test_signal_commits_and_exits_with_its_code_and_resume_matches(tmp_path, sig
     assert time.time() - sent < 5
     assert proc.returncode == code, err
     assert f"interrupted by {name}" in err and f"mlp-cli train --resume {out}" in err and "Traceback" not in err
+    assert not (out / ".lock").exists()  # given back on the way out
     # The finished epochs were committed on the way out, including any the 1-second rule was holding back.
     assert checkpoint.load(out / "last.safetensors").metadata["epoch"] >= 1
     r = subprocess.run([*MLP_CLI, "train", "--resume", str(out), "--quiet"], capture_output=True, text=True)
