@@ -339,7 +339,7 @@ def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoc
         saved = yaml.safe_load(run.read("config.yaml") or b"")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{run.path / 'config.yaml'} is damaged (not a YAML mapping)")
-        cfg = config.validate(config.apply_overrides(saved, overrides), f"{run.path / 'config.yaml'}", recorded=True)
+        cfg = config.validate(saved, f"{run.path / 'config.yaml'}", recorded=True, overrides=overrides)
         if overrides:
             cfg = data.resolve_config(cfg)  # a moved data.root is recorded absolute, as at the start
         changed = _changes(saved, cfg.dump())
