@@ -161,6 +161,8 @@ class Data(Strict):
     dataset: Literal["circles", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder"]
     root: str | None = None  # default: $MLP_CLI_DATA, else the per-user cache folder
     val_size: float = Field(default=0.1, ge=0)  # a count of training examples (>= 1) or a fraction (< 1)
+    # For a quick try: a count (>= 1) or a fraction (< 1) of what val_size leaves; None: all of it.
+    train_size: float | None = Field(default=None, gt=0)
     normalize: bool = True  # per-channel mean/std of the training split
     image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # imagefolder: [H, W]
     channels: Literal[1, 3] | None = None  # imagefolder: 1 grayscale, 3 RGB (the default)
@@ -168,8 +170,10 @@ class Data(Strict):
 
     @model_validator(mode="after")
     def _checks(self, info: ValidationInfo):
-        if self.val_size >= 1 and self.val_size != int(self.val_size):
-            raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
+        for key in ("val_size", "train_size"):
+            size = getattr(self, key)
+            if size is not None and size >= 1 and size != int(size):
+                raise ValueError(f"data.{key} must be a whole count (>= 1) or a fraction below 1 (got {size:g})")
         # image_size may stay null for an image folder: the data layer takes the size its images share.
         if self.dataset != "imagefolder":
             shape = DATASET_SHAPES[self.dataset]

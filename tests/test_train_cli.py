@@ -226,6 +226,28 @@ def test_out_folder_with_other_files_is_refused_before_anything_is_written(tmp_p
     assert (empty / "best.safetensors").is_file() and not (empty / ".lock").exists()
 
 
+def test_train_size_cuts_the_training_split_is_recorded_and_too_large_is_exit_2(tmp_path):
+    out = tmp_path / "quick"
+    r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", out, "--quiet", "data.val_size=20",
+            "data.train_size=0.25", "train.epochs=1", "train.batch_size=10", "train.plots=false")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["train_size"] == 0.25
+    # 45 of the 180 examples the validation split leaves: 5 batches of 10 (the last one of 5).
+    from mlp_cli import config, data
+
+    cfg = config.validate(yaml.safe_load((out / "config.yaml").read_text()), recorded=True)
+    assert len(data.load_splits(cfg.data, cfg.seed, ("train",))["train"]) == 45
+    r = run("train", "--resume", out, "data.train_size=0.5", "train.epochs=2")
+    assert r.exit_code == 2 and "cannot change data.train_size" in r.stderr
+    r = subprocess.run([*MLP_CLI, "train", "--config", str(ROOT / "configs/circles_mlp.yaml"), "--out",
+                        str(tmp_path / "big"), "data.train_size=1000"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == ("error: invalid config: data.train_size=1000 asks for 1,000 training examples but the "
+                        "training split has 200 examples; use a count up to 200 or a fraction below 1 "
+                        "(e.g. data.train_size=0.1)\n")
+    assert not (tmp_path / "big").exists()
+
+
 @pytest.mark.parametrize("override", ["optim.lr", "optim.lr=abc", "=3", "train..epochs=3", "optim.lr=[1,"])
 def test_bad_override_exit_2(tmp_path, image_folder, override):
     cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder)})
