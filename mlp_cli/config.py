@@ -1,7 +1,8 @@
 """Run configuration: the YAML schema, dotted overrides and friendly validation errors.
 
 A config is validated completely before anything runs. Every problem becomes one
-`ConfigError` whose message names the file, the key, what was wrong and what is allowed.
+`ConfigError` whose message names where it comes from (the file, or the KEY=VALUE override as
+typed), the key, what was wrong and what is allowed.
 This module imports neither numpy nor torch, so `convshape --config` stays fast.
 """
 
