@@ -215,7 +215,7 @@ def _pitfall_warnings(cfg) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), metavar="RUN_DIR",
               help="Continue the run in RUN_DIR from its last checkpoint, with its saved config.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
-              help="Run directory to create  [default: runs/<config name>-<date>-<time>].")
+              help="Run directory to create: a new or empty folder  [default: runs/<config name>-<date>-<time>].")
 @click.option("--from-epoch", type=click.IntRange(min=0), metavar="K",
               help="With --resume: continue from the kept state of epoch K (after a file was damaged).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")

@@ -1,7 +1,8 @@
 """Run configuration: the YAML schema, dotted overrides and friendly validation errors.
 
 A config is validated completely before anything runs. Every problem becomes one
-`ConfigError` whose message names the file, the key, what was wrong and what is allowed.
+`ConfigError` whose message names where it comes from (the file, or the KEY=VALUE override as
+typed), the key, what was wrong and what is allowed.
 This module imports neither numpy nor torch, so `convshape --config` stays fast.
 """
 
@@ -161,6 +162,8 @@ class Data(Strict):
     dataset: Literal["circles", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder"]
     root: str | None = None  # default: $MLP_CLI_DATA, else the per-user cache folder
     val_size: float = Field(default=0.1, ge=0)  # a count of training examples (>= 1) or a fraction (< 1)
+    # For a quick try: a count (>= 1) or a fraction (< 1) of what val_size leaves; None: all of it.
+    train_size: float | None = Field(default=None, gt=0)
     normalize: bool = True  # per-channel mean/std of the training split
     image_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None  # imagefolder: [H, W]
     channels: Literal[1, 3] | None = None  # imagefolder: 1 grayscale, 3 RGB (the default)
@@ -168,8 +171,10 @@ class Data(Strict):
 
     @model_validator(mode="after")
     def _checks(self, info: ValidationInfo):
-        if self.val_size >= 1 and self.val_size != int(self.val_size):
-            raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
+        for key in ("val_size", "train_size"):
+            size = getattr(self, key)
+            if size is not None and size >= 1 and size != int(size):
+                raise ValueError(f"data.{key} must be a whole count (>= 1) or a fraction below 1 (got {size:g})")
         # image_size may stay null for an image folder: the data layer takes the size its images share.
         if self.dataset != "imagefolder":
             shape = DATASET_SHAPES[self.dataset]
@@ -360,21 +365,76 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     return raw
 
 
-def validate(raw: dict, source: str = "config", *, recorded: bool = False) -> Config:
-    """The Config of `raw`, or ConfigError. recorded=True for a config that a run wrote (checkpoint
+def validate(raw: dict, source: str = "config", *, recorded: bool = False, overrides=(), label=None) -> Config:
+    """The Config of `raw` (read from `source`) with the KEY=VALUE `overrides` applied, or ConfigError.
+
+    Each error is blamed on what caused it: on the override, as typed, that set the key at fault
+    ("invalid override train.epoch=3: unknown key 'train.epoch'; ..."), and on `source` ("invalid
+    config: FILE: ...") when no override did; see `_blame` for the rules between keys.
+    `label(item)` names an override in the message (default "override ITEM"; the sweep names a
+    trial's values by the trial). recorded=True for a config that a run wrote (checkpoint
     metadata): the rules about keys that do not apply are not applied to it, since it was valid
     when it ran (older runs recorded data.channels: 3 for every data set, for example)."""
+    given = apply_overrides(raw, overrides) if overrides else raw
     try:
-        return Config.model_validate(raw, context={"recorded": recorded})
+        return Config.model_validate(given, context={"recorded": recorded})
     except ValidationError as e:
-        raise ConfigError(_explain(e, raw, source)) from None
+        problems = _problems(e, given)
+    # What the file alone gets wrong, for the errors that an override may or may not explain.
+    from_file = _texts(raw, recorded) if overrides else set()
+    label = label or (lambda item: f"override {item}")
+    lines = []
+    for loc, text in problems:
+        items = _blame(loc, text, raw, list(overrides), from_file, recorded)
+        lines.append((_where([label(i) for i in items]) if items else f"config: {source}", text))
+    unique = list(dict.fromkeys(lines))
+    # Several errors often stem from one cause; one clear message is better than a wall.
+    first, *more = unique
+    also = "".join(f"\n  also: {where.removeprefix('config: ')}: {text}" for where, text in more[:3])
+    raise ConfigError(f"invalid {first[0]}: {first[1]}{also}")
+
+
+def _blame(loc: tuple[str, ...], text: str, raw: dict, overrides: list[str], from_file: set[str],
+           recorded: bool) -> list[str]:
+    """The overrides that an error at `loc` (with message `text`) is due to; [] for the file `raw`.
+
+    1. An override that set `loc` or a section holding it (the most specific one) set the value at fault.
+    2. Otherwise an error that the file alone has too is the file's.
+    3. Otherwise a rule of the section at `loc` (or between sections, at the top) failed: it is due
+       to the overrides inside that section without which the error goes away (train.epochs=3 for
+       a warm-up of 5 epochs in the file), else, if each alone would do, to all of them."""
+    keys = [(item, tuple(item.partition("=")[0].strip().split("."))) for item in overrides]
+    setting = [(len(key), i, item) for i, (item, key) in enumerate(keys) if loc[:len(key)] == key]
+    if setting:
+        return [max(setting)[2]]
+    if text in from_file:
+        return []
+    inside = [i for i, (_, key) in enumerate(keys) if key[:len(loc)] == loc]
+    needed = [i for i in inside
+              if text not in _texts(apply_overrides(raw, overrides[:i] + overrides[i + 1:]), recorded)]
+    return [overrides[i] for i in needed or inside]
+
+
+def _texts(raw: dict, recorded: bool) -> set[str]:
+    """The messages of what is wrong with `raw` (none if it is valid)."""
+    try:
+        Config.model_validate(raw, context={"recorded": recorded})
+    except ValidationError as e:
+        return {text for _, text in _problems(e, raw)}
+    return set()
+
+
+def _where(labels: list[str]) -> str:
+    labels = list(dict.fromkeys(labels))
+    if len(labels) > 1 and all(label.startswith("override ") for label in labels):
+        return "overrides " + " ".join(label.removeprefix("override ") for label in labels)
+    return " and ".join(labels)
 
 
 def load(path: str | Path, overrides=(), *, recorded: bool = False) -> Config:
-    """Read, override and validate a config file (recorded: one a run wrote, see `validate`). Raises ConfigError."""
-    raw = read_yaml(path)
-    raw = apply_overrides(raw, overrides)
-    return validate(raw, str(path), recorded=recorded)
+    """Read, override and validate a config file (recorded: one a run wrote, see `validate`). Raises
+    ConfigError, blaming the override or the file, whichever the error comes from."""
+    return validate(read_yaml(path), str(path), recorded=recorded, overrides=overrides)
 
 
 def key_for_option(option: str) -> str | None:
@@ -427,50 +487,60 @@ def _layer_loc(loc):
     return tuple(loc)
 
 
-def _explain(err: ValidationError, raw: dict, source: str) -> str:
-    lines = []
+def _problems(err: ValidationError, raw: dict) -> list[tuple[tuple[str, ...], str]]:
+    """(location, message) of each error: the dotted location of the key at fault, as strings, and
+    one sentence naming the key, what was wrong and what is allowed (without the file's name)."""
+    out = []
     for item in err.errors():
         loc = _layer_loc(item["loc"])
         key = _dotted(loc) or "(top level)"
         kind = item["type"]
         size = next((i for i, p in enumerate(loc) if str(p).startswith(("constrained-int", "tuple["))), None)
         if size is not None:  # an int-or-pair field: one message for both branches of the union
-            key, low = _dotted(loc[:size]), 0 if loc[size - 1] == "padding" else 1
-            lines.append(f"{source}: {key}: expected an integer >= {low} or a pair [h, w] of them "
-                         f"(got {_get(raw, loc[:size])!r})")
+            key, low, loc = _dotted(loc[:size]), 0 if loc[size - 1] == "padding" else 1, loc[:size]
+            text = f"{key}: expected an integer >= {low} or a pair [h, w] of them (got {_get(raw, loc)!r})"
         elif kind == "extra_forbidden":
             parent, name = loc[:-1], str(loc[-1])
             allowed = _allowed_keys(parent, raw)
             hint = difflib.get_close_matches(name, allowed, n=1, cutoff=0.5)
             tip = f"did you mean '{_dotted(parent + (hint[0],))}'?" if hint else f"allowed keys: {', '.join(allowed)}"
-            lines.append(f"{source}: unknown key '{key}'; {tip}")
+            layer = _layer_name(parent, raw)
+            text = f"unknown key '{key}'; " + (f"{layer}: {tip}" if layer else tip)
         elif kind == "missing":
-            lines.append(f"{source}: missing required key '{key}'")
+            layer = _layer_name(loc[:-1], raw)
+            text = f"missing required key '{key}'" + (f" ({layer})" if layer else "")
         elif kind == "union_tag_invalid":
             bad = _get(raw, loc + ("type",)) if loc else None
             hint = difflib.get_close_matches(str(bad).lower(), LAYER_TYPES, n=1, cutoff=0.5)
             tip = f"did you mean '{hint[0]}'? " if hint else ""
-            lines.append(f"{source}: {key}.type: unknown layer type {bad!r}; {tip}allowed: {', '.join(LAYER_TYPES)}")
+            text = f"{key}.type: unknown layer type {bad!r}; {tip}allowed: {', '.join(LAYER_TYPES)}"
         elif kind == "union_tag_not_found":
-            lines.append(f"{source}: {key}: a layer needs a 'type' (one of {', '.join(LAYER_TYPES)})")
+            text = f"{key}: a layer needs a 'type' (one of {', '.join(LAYER_TYPES)})"
         elif kind in ("literal_error", "enum"):
             value = _get(raw, loc)
             expected = item.get("ctx", {}).get("expected", "")
             hint = difflib.get_close_matches(str(value), [s.strip("'") for s in expected.replace(" or ", ", ").split(", ")], n=1, cutoff=0.5)
             tip = f" (did you mean {hint[0]!r}?)" if hint else ""
-            lines.append(f"{source}: {key}: {value!r} is not allowed{tip}; allowed values: {expected}")
+            text = f"{key}: {value!r} is not allowed{tip}; allowed values: {expected}"
+        elif item["msg"].startswith("Value error, "):  # a rule of ours: its message says everything
+            text = item["msg"][len("Value error, "):]
         else:
             value = _get(raw, loc)
             msg = item["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
-                lines.append(f"{source}: {msg}")
-                continue
             shown = "" if value is None and kind != "none_required" else f" (got {value!r})"
-            lines.append(f"{source}: {key}: {msg[0].lower() + msg[1:]}{shown}")
-    # Several errors often stem from one cause; one clear message is better than a wall.
-    unique = list(dict.fromkeys(lines))
-    return "invalid config: " + unique[0] + ("" if len(unique) == 1 else "\n" + "\n".join("  also: " + l for l in unique[1:4]))
+            text = f"{key}: {msg[0].lower() + msg[1:]}{shown}"
+        out.append((tuple(str(p) for p in loc), text))
+    return out
+
+
+def _layer_name(loc: tuple, raw: dict) -> str | None:
+    """'model.layers.0 is a flatten layer' for the location of a layer, else None."""
+    if len(loc) == 3 and loc[0] == "model" and loc[1] == "layers":
+        layer = _get(raw, loc)
+        kind = layer.get("type") if isinstance(layer, dict) else None
+        if isinstance(kind, str) and kind.lower() in _LAYER_MODELS:
+            return f"{_dotted(loc)} is a{'n' * (kind[0].lower() in 'aeiou')} {kind.lower()} layer"
+    return None
 
 
 def _allowed_keys(parent: tuple, raw: dict) -> list[str]:

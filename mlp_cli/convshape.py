@@ -82,10 +82,10 @@ def ceil_formula(x: int, k: int, s: int, p: int, d: int) -> str:
     return text
 
 
-def seed_formula(x: int, k: int, s: int, p: int, d: int) -> str:
+def practical_formula(x: int, k: int, s: int, p: int, d: int) -> str:
     span = shapes.effective_kernel(k, d)
     value = Fraction(2 * p + x - span, s) + 1
-    out = shapes.seed_output_size(x, k, s, p, d)
+    out = shapes.practical_output_size(x, k, s, p, d)
     kk = f"{span} (the dilated kernel d(k-1)+1)" if d != 1 else str(span)
     return f"ceil((2p + x - k)/s + 1) = ceil((2*{p} + {x} - {kk})/{s} + 1) = ceil({_decimal(value)}) = {out}"
 
@@ -125,8 +125,8 @@ def layer_report(height: int, width: int, channels: int, kernel: Sequence[int], 
     out_c, oh, ow = info.output_shape
     floor_hw = (shapes.floor_output_size(height, kernel[0], stride[0], padding[0], dilation[0]),
                 shapes.floor_output_size(width, kernel[1], stride[1], padding[1], dilation[1]))
-    seed = (shapes.seed_output_size(height, kernel[0], stride[0], padding[0], dilation[0]),
-            shapes.seed_output_size(width, kernel[1], stride[1], padding[1], dilation[1]))
+    practical = (shapes.practical_output_size(height, kernel[0], stride[0], padding[0], dilation[0]),
+                 shapes.practical_output_size(width, kernel[1], stride[1], padding[1], dilation[1]))
 
     rule = ceil_formula if ceil_mode else floor_formula
     formula = {"height": rule(height, kernel[0], stride[0], padding[0], dilation[0]),
@@ -151,11 +151,11 @@ def layer_report(height: int, width: int, channels: int, kernel: Sequence[int], 
         "fc_weights": fc_weights, "fc_biases": fc_biases, "fc_params": fc_weights + fc_biases,
         "macs": macs, "fc_macs": fc_weights,
         "floor_height": floor_hw[0], "floor_width": floor_hw[1],
-        "seed_ceil_height": seed[0], "seed_ceil_width": seed[1],
+        "practical_ceil_height": practical[0], "practical_ceil_width": practical[1],
         "receptive_field": list(info.receptive_field), "jump": list(info.jump),
         "formula": formula,
-        "seed_formula": {"height": seed_formula(height, kernel[0], stride[0], padding[0], dilation[0]),
-                         "width": seed_formula(width, kernel[1], stride[1], padding[1], dilation[1])},
+        "practical_formula": {"height": practical_formula(height, kernel[0], stride[0], padding[0], dilation[0]),
+                              "width": practical_formula(width, kernel[1], stride[1], padding[1], dilation[1])},
         "notes": notes + info.notes,
     }
     return report
@@ -182,16 +182,16 @@ def layer_text(r: dict) -> str:
     lines.append(f"output {oh}x{ow}x{oc} (H x W x C)")
     lines.append("")
 
-    seed = (r["seed_ceil_height"], r["seed_ceil_width"])
-    if seed != (oh, ow):
-        lines.append(f"The seed's formula gives {_pair_str(seed)}, not {_pair_str((oh, ow))}:")
+    practical = (r["practical_ceil_height"], r["practical_ceil_width"])
+    if practical != (oh, ow):
+        lines.append(f"The practical's formula (ceil) gives {_pair_str(practical)}, not {_pair_str((oh, ow))}:")
         if same:
-            lines.append(f"  H = W: {r['seed_formula']['height']}")
+            lines.append(f"  H = W: {r['practical_formula']['height']}")
         else:
-            lines.append(f"  H: {r['seed_formula']['height']}")
-            lines.append(f"  W: {r['seed_formula']['width']}")
+            lines.append(f"  H: {r['practical_formula']['height']}")
+            lines.append(f"  W: {r['practical_formula']['width']}")
         if r["ceil_mode"]:
-            lines.append("  The seed's ceil keeps a last window that starts in the right padding; PyTorch's ceil_mode")
+            lines.append("  The practical's ceil keeps a last window that starts in the right padding; PyTorch's ceil_mode")
             lines.append("  drops it.")
         elif pool:
             lines.append("  It rounds up whenever s does not divide x + 2p - k, counting a last window that does not")
@@ -202,7 +202,7 @@ def layer_text(r: dict) -> str:
             lines.append("  fit in the padded input. PyTorch floors (nn.Conv2d has no ceil_mode); rounding up is")
             lines.append("  pooling's ceil_mode=True rule, which also drops a last window starting in the padding.")
     else:
-        lines.append(f"The seed's formula ceil((2p + x - k)/s + 1) agrees: {_pair_str(seed)}.")
+        lines.append(f"The practical's formula ceil((2p + x - k)/s + 1) agrees: {_pair_str(practical)}.")
     lines.append("")
 
     k = r["kernel"]
@@ -229,7 +229,7 @@ def layer_text(r: dict) -> str:
 
 _LAYER_CSV = ("layer", "input_height", "input_width", "input_channels", "output_height", "output_width",
               "output_channels", "weights", "biases", "params", "fc_weights", "fc_biases", "fc_params", "macs",
-              "seed_ceil_height", "seed_ceil_width")
+              "practical_ceil_height", "practical_ceil_width")
 
 
 def layer_csv(r: dict) -> str:

@@ -42,10 +42,20 @@ either discarded or repeatable, so a crash during recovery is recovered the same
 
 Creation is atomic as well: the folder is assembled under a hidden name beside it, with its
 lock taken and generation 0 (config.yaml, history.yaml) committed, and renamed into place, so a
-run directory that exists always holds a config that `--resume` can start from.
+run directory that exists always holds a config that `--resume` can start from. The place must
+be free or an empty folder: one that holds a run is refused (it is resumed, not overwritten),
+and so is one that holds anything else, so that a run's files never mix with the user's (the
+rename, which only replaces an empty folder, enforces it against a racing writer too).
 
 One writer at a time: the lock is an flock on .lock, which the kernel drops when its process
 dies, so a lock left by a killed process is taken over at once and a live one is refused.
+The file exists only while someone holds it, or after a kill:
+
+    1. take: open (creating) .lock, flock it, then check that the file locked is still the one
+       at .lock (fstat against stat); if a releaser removed it meanwhile, close and start again;
+    2. release (`RunDir.release`: the run finished, failed, diverged or was interrupted): unlink
+       .lock while still holding the flock, then close it. A taker that opened the old file
+       fails the check of step 1 and locks a new one, so two holders never coexist.
 """
 
 from __future__ import annotations
@@ -172,14 +182,15 @@ class RunDir:
     # ------------------------------------------------------------------ opening and closing
     @classmethod
     def create(cls, path, files: dict[str, bytes]) -> RunDir:
-        """A new run directory holding `files` (generation 0), locked. An existing empty folder
-        (or one with unrelated files) is taken; one that holds a run or is in use is refused."""
+        """A new run directory holding `files` (generation 0), locked. The place must be free or
+        an empty folder; a file, a run (in use or not) and a folder holding anything else are
+        refused (UsageError), before anything is written."""
         path = Path(path)
+        _refuse_existing(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _cannot_write(path, e, "create the run directory") from None
-        _refuse_existing(path)
         _remove_abandoned_staging(path)
         staging = path.parent / f".{path.name}.new-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         run = None
@@ -193,11 +204,8 @@ class RunDir:
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-                run.release()
-                run = None
-                _refuse_existing(path)  # another process may have created the run meanwhile
-                run = cls._create_in_place(path, files)
-                return run
+                _refuse_existing(path)  # another process created a run, or other files, meanwhile
+                raise UsageError(f"{path} changed while the run was being created there; try again") from None
             run.path = path
             fsync_dir(path.parent)
             return run
@@ -209,19 +217,6 @@ class RunDir:
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-    @classmethod
-    def _create_in_place(cls, path: Path, files: dict[str, bytes]) -> RunDir:
-        """For a folder that holds unrelated files: the run's files are committed beside them."""
-        run = cls(path, _lock(path / LOCK), created="files")
-        try:
-            _refuse_existing(path, locked=True)
-            (path / COMMITS).mkdir(exist_ok=True)
-            run.commit(files)
-        except BaseException:
-            run.release()
-            raise
-        return run
 
     @classmethod
     def open(cls, path) -> RunDir:
@@ -247,19 +242,20 @@ class RunDir:
         return run
 
     def release(self) -> None:
-        """Give up the lock (the kernel does the same when the process dies)."""
+        """Give up the lock and remove .lock (step 2 of the lock protocol in the module's
+        docstring). Idempotent. A kill skips it: the kernel drops the flock, and the .lock left
+        behind is taken over by the next writer."""
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None
+            try:
+                _unlink_lock(self.path / LOCK, fd)
+            finally:
+                os.close(fd)
 
     def remove(self) -> None:
         """Undo `create` (after a failure before the first epoch): nothing half-made stays behind."""
         if self.created == "folder":
             shutil.rmtree(self.path, ignore_errors=True)
-        elif self.created == "files":
-            for name in (*FILES, LOCK):
-                remove_quietly(self.path / name)
-            shutil.rmtree(self.path / COMMITS, ignore_errors=True)
         self.release()
 
     # ------------------------------------------------------------------ reading the committed state
@@ -435,10 +431,28 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _lock(path: Path, claim: bool = True) -> int:
-    """Take the run's lock (exclusive flock) and, if `claim`, write who holds it; UsageError if held."""
+    """Take the run's lock (exclusive flock; step 1 of the protocol in the module's docstring)
+    and, if `claim`, write who holds it; UsageError if held."""
+    for _ in range(_LOCK_ATTEMPTS - 1):
+        fd = _lock_once(path, claim)
+        if fd is not None:
+            return fd
+    return _lock_once(path, claim, check=False)
+
+
+# A releaser removes .lock once per run, so a second attempt nearly always succeeds. The bound is for
+# a filesystem whose fstat and stat never agree on a file (old overlayfs): the last try trusts the flock.
+_LOCK_ATTEMPTS = 20
+
+
+def _lock_once(path: Path, claim: bool, check: bool = True) -> int | None:
+    """One try of `_lock`: the fd, or None if a releaser removed the file between open and flock."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if check and not _is_file_at(fd, path):
+            os.close(fd)
+            return None
         if claim:
             me = f"pid {os.getpid()} on {socket.gethostname()}: {' '.join(['mlp-cli', *sys.argv[1:]])}\n"
             os.ftruncate(fd, 0)
@@ -454,6 +468,23 @@ def _lock(path: Path, claim: bool = True) -> int:
     return fd
 
 
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the one at `path` (not one unlinked since it was opened)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _unlink_lock(path: Path, fd: int) -> None:
+    """Remove the lock file `fd` (locked by us) from `path`, unless it is no longer there
+    (the run folder removed, or renamed from its staging name: then `path` is not ours)."""
+    if _is_file_at(fd, path):
+        remove_quietly(path)
+
+
 def _describe_holder(fd: int) -> str:
     # The holder writes its pid right after taking the lock: wait a moment if we came in between.
     for _ in range(20):
@@ -466,8 +497,8 @@ def _describe_holder(fd: int) -> str:
 
 def check_creatable(path) -> None:
     """The cheap checks of `RunDir.create`, for before any data is read: UsageError if `path` is a
-    file or holds a run, SaveError if no folder can be made there (a file or a read-only folder
-    on the way). Writes nothing."""
+    file, holds a run or holds anything else, SaveError if no folder can be made there (a file or
+    a read-only folder on the way). Writes nothing."""
     path = Path(path)
     _refuse_existing(path)
     ancestor = path.parent
@@ -479,16 +510,33 @@ def check_creatable(path) -> None:
         raise _cannot_write(path, OSError(errno.EACCES, "permission denied"), "create the run directory")
 
 
-def _refuse_existing(path: Path, locked: bool = False) -> None:
-    """UsageError if `path` is a file or holds a run (naming the process when one is writing it)."""
+def _refuse_existing(path: Path) -> None:
+    """UsageError unless `path` is free or an empty folder: a file, a run (naming the process
+    when one is writing it) and a folder holding anything else are refused. Leaves no file."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} is a file, not a folder; choose another --out")
-    if not has_run(path):
-        return
-    if not locked:
-        os.close(_lock(path / LOCK, claim=False))  # raises, naming the holder, if the run is in use
-    raise UsageError(f"{path} already holds a run; continue it with: mlp-cli train --resume {path} "
-                     "(or choose another --out)")
+    if has_run(path):
+        fd = _lock(path / LOCK, claim=False)  # raises, naming the holder, if the run is in use
+        try:
+            _unlink_lock(path / LOCK, fd)
+        finally:
+            os.close(fd)
+        raise UsageError(f"{path} already holds a run; continue it with: mlp-cli train --resume {path} "
+                         "(or choose another --out)")
+    entries = _entries(path)
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise UsageError(f"{path} is a folder that holds other files ({shown}), not a run; a run goes into a new "
+                         "or empty folder, so that its files never mix with yours: choose another --out "
+                         "(a folder that does not exist yet is created)")
+
+
+def _entries(path: Path) -> list[str]:
+    """The names in the folder `path` (folders with a slash), sorted; [] if there is no folder."""
+    try:
+        return sorted(e.name + "/" * e.is_dir() for e in os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _cannot_write(path: Path, e: OSError, action: str, needed: int | None = None) -> SaveError:

@@ -11,7 +11,7 @@ flat. Output sizes follow PyTorch:
 - MaxPool2d/AvgPool2d: the same with ceil in place of floor when ceil_mode=True, except that a
   last window which would start in the right padding is dropped; PyTorch also requires
   padding <= kernel_size // 2 and an output of at least 1.
-- The seed's formula ceil((2p + x - k)/s + 1) is `seed_output_size`, kept to explain the
+- The practical's formula ceil((2p + x - k)/s + 1) is `practical_output_size`, kept to explain the
   difference (it is pooling's ceil_mode rule without the drop).
 
 What is counted:
@@ -136,8 +136,8 @@ def floor_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
     return _floor_len(size, kernel, stride, padding, dilation)
 
 
-def seed_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    """The seed's formula ceil((2p + x - k)/s + 1), with k the dilated kernel d(k-1) + 1.
+def practical_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """The practical's formula ceil((2p + x - k)/s + 1), with k the dilated kernel d(k-1) + 1.
 
     It over-counts by one whenever s does not divide x + 2p - k. No validity checks.
     """

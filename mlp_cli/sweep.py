@@ -201,12 +201,13 @@ def make_plan(config_path, arguments, sweep_file=None, *, early_stop: bool = Fal
         params[str(key)] = value
     if not params:
         raise ConfigError("nothing to sweep: give a key with several values (e.g. optim.lr=0.01,0.05) or --sweep FILE")
-    base = config_mod.apply_overrides(config_mod.read_yaml(config_path), plain)
+    raw = config_mod.read_yaml(config_path)
+    base = config_mod.apply_overrides(raw, plain)
     plan = Plan(config=str(config_path), overrides=plain, search=search, params=params,
                 metric=spec.get("metric", "val_acc"), early_stop=early_stop, grace_period=spec.get("grace_period"),
                 seed=spec.get("seed", 0), base=base)
     plan.trials = grid_trials(params) if search == "grid" else random_trials(params, spec.get("trials", 10), plan.seed)
-    trial_configs(plan)  # validates every trial before anything starts
+    trial_configs(plan, raw)  # validates every trial before anything starts
     return plan
 
 
@@ -275,17 +276,22 @@ def trial_names(keys: list[str], rows: list[list[str]]) -> list[str]:
     return names
 
 
-def trial_configs(plan: Plan) -> dict[str, config_mod.Config]:
+def trial_configs(plan: Plan, raw: dict | None = None) -> dict[str, config_mod.Config]:
     """Every trial's validated config, its data section resolved as `mlp-cli train` resolves it
     (the absolute root; an image folder's image size, read once per distinct data section);
-    ConfigError/ShapeError naming the trial."""
+    ConfigError/ShapeError naming the trial. With `raw`, the config file as read, an error is
+    blamed on the file, on a plain override as typed, or on the trial whose values cause it."""
     from mlp_cli import data, train
 
     configs, resolved = {}, {}
     for trial in plan.trials:
         source = f"trial {trial.name} ({' '.join(trial.overrides)})"
         try:
-            cfg = config_mod.validate(config_mod.apply_overrides(plan.base, trial.overrides), source)
+            if raw is None:  # a sweep read back from its folder: validated when it was made
+                cfg = config_mod.validate(config_mod.apply_overrides(plan.base, trial.overrides), source)
+            else:
+                label = lambda item, source=source: f"override {item}" if item in plan.overrides else f"config: {source}"  # noqa: E731
+                cfg = config_mod.validate(raw, plan.config, overrides=[*plan.overrides, *trial.overrides], label=label)
             key = repr(cfg.data.model_dump())
             if key not in resolved:
                 resolved[key] = data.resolve(cfg.data)
@@ -293,7 +299,8 @@ def trial_configs(plan: Plan) -> dict[str, config_mod.Config]:
             train.check_network(cfg)
         except ConfigError as e:
             message = str(e)
-            if source not in message:  # bad override syntax, or a network that does not fit
+            if source not in message and not message.startswith(("invalid override", f"invalid config: {plan.config}")):
+                # bad override syntax, or a network that does not fit
                 message = f"invalid config: {source}: {message.removeprefix('invalid config: ')}"
             raise ConfigError(message) from None
         except ShapeError as e:

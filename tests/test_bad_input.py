@@ -102,6 +102,107 @@ def test_bad_config_is_one_line_exit_2_nothing_written(tmp_path, case):
     assert not out.exists()
 
 
+OVERRIDE_ERRORS = {  # an override as typed -> the rest of the message, after "error: invalid override ...: "
+    "train.epoch=3": "unknown key 'train.epoch'; did you mean 'train.epochs'?",
+    "train.epochs=three": "train.epochs: input should be a valid integer, unable to parse string as an integer "
+                          "(got 'three')",
+    "optim.lr=-1": "optim.lr: input should be greater than 0 (got -1)",
+    "optim.nesterov=true": "optim.nesterov needs optim.name: sgd and a momentum above 0",
+    "model.layers.0.kernel_size=3": "unknown key 'model.layers.0.kernel_size'; model.layers.0 is a linear layer: "
+                                    "allowed keys: type, out_features, in_features, bias",
+}
+
+
+@pytest.fixture(scope="module")
+def finished_circles(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert run("train", "--config", CIRCLES, "--out", out, "--quiet", "train.epochs=1", "train.plots=false").exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("command", ["train", "resume", "sweep", "convshape", "gradcheck"])
+@pytest.mark.parametrize("override", sorted(OVERRIDE_ERRORS))
+def test_an_override_error_is_blamed_on_the_override_not_the_file(tmp_path, finished_circles, command, override):
+    """Issue 27: the file is fine, the command line is not; the message says so in every command."""
+    if command == "resume":
+        args = ["train", "--resume", finished_circles, "train.epochs=2", override]
+    elif command == "sweep":
+        args = ["sweep", "--config", CIRCLES, "--out", tmp_path / "s", "train.batch_size=10,20", override]
+    else:
+        args = [command, "--config", CIRCLES, *(["--out", tmp_path / "r"] if command == "train" else []), override]
+    before = sorted(p.name for p in finished_circles.iterdir())
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert r.stderr == f"error: invalid override {override}: {OVERRIDE_ERRORS[override]}\n"
+    assert "circles_mlp.yaml" not in r.stderr and "config.yaml" not in r.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+    assert sorted(p.name for p in finished_circles.iterdir()) == before
+
+
+def test_errors_of_the_file_still_name_the_file_whatever_the_overrides(tmp_path):
+    cfg = yaml.safe_load(CIRCLES.read_text())
+    cfg["train"]["epoch"] = 3  # a typo in the file
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("train", "--config", tmp_path / "typo.yaml", "--out", tmp_path / "r", "optim.lr=0.1", "train.epochs=2")
+    assert r.exit_code == 2
+    assert r.stderr == (f"error: invalid config: {tmp_path / 'typo.yaml'}: unknown key 'train.epoch'; "
+                        "did you mean 'train.epochs'?\n")
+    # A rule of a section the file breaks stays the file's, though an override touches the section.
+    cfg = yaml.safe_load(CIRCLES.read_text())
+    cfg["optim"]["nesterov"] = True
+    (tmp_path / "nesterov.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("train", "--config", tmp_path / "nesterov.yaml", "--out", tmp_path / "r", "optim.lr=0.1")
+    assert r.stderr.startswith(f"error: invalid config: {tmp_path / 'nesterov.yaml'}: optim.nesterov needs")
+    # A rule between keys that only an override breaks is the override's.
+    cfg = yaml.safe_load(CIRCLES.read_text())
+    cfg["optim"]["schedule"] = {"warmup_epochs": 5}
+    (tmp_path / "warmup.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("train", "--config", tmp_path / "warmup.yaml", "--out", tmp_path / "r", "optim.lr=0.1", "train.epochs=3")
+    assert r.stderr.startswith("error: invalid override train.epochs=3: optim.schedule.warmup_epochs 5 is not "
+                               "shorter than the run (train.epochs 3)")
+    # Two errors, one from each: each line names its own cause.
+    r = run("train", "--config", tmp_path / "typo.yaml", "--out", tmp_path / "r", "optim.lr=-1")
+    assert r.stderr.splitlines()[1:] == [f"  also: {tmp_path / 'typo.yaml'}: unknown key 'train.epoch'; "
+                                         "did you mean 'train.epochs'?"] or \
+        r.stderr.splitlines()[1:] == ["  also: override optim.lr=-1: optim.lr: input should be greater than 0 (got -1)"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sweep_names_the_trial_whose_values_are_wrong_and_the_file_for_its_own_errors(tmp_path):
+    r = run("sweep", "--config", CIRCLES, "--out", tmp_path / "s", "data.val_size=0.2", "optim.lr=0.1,-1")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: invalid config: trial lr-1 (optim.lr=-1): optim.lr: input should be greater")
+    cfg = yaml.safe_load(CIRCLES.read_text())
+    cfg["train"]["epoch"] = 3
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("sweep", "--config", tmp_path / "typo.yaml", "--out", tmp_path / "s", "data.val_size=0.2", "optim.lr=0.1,0.2")
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"error: invalid config: {tmp_path / 'typo.yaml'}: unknown key 'train.epoch'")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("where", ["override", "file"])
+def test_an_unknown_key_of_a_layer_names_the_layer_index_and_type(tmp_path, where):
+    mnist = ROOT / "configs" / "mnist_mlp.yaml"
+    if where == "override":
+        r = run("train", "--config", mnist, "--out", tmp_path / "r", "model.layers.0.out_features=5")
+        assert r.stderr == ("error: invalid override model.layers.0.out_features=5: unknown key "
+                            "'model.layers.0.out_features'; model.layers.0 is a flatten layer: allowed keys: type\n")
+    else:
+        cfg = yaml.safe_load(mnist.read_text())
+        cfg["model"]["layers"][1]["out_feature"] = cfg["model"]["layers"][1].pop("out_features")
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        r = run("convshape", "--config", tmp_path / "c.yaml")
+        first, also = r.stderr.splitlines()
+        assert first.startswith(f"error: invalid config: {tmp_path / 'c.yaml'}: ")
+        assert also.startswith(f"  also: {tmp_path / 'c.yaml'}: ")
+        assert {first.split(": ", 3)[-1], also.split(": ", 2)[-1]} == {
+            "unknown key 'model.layers.1.out_feature'; model.layers.1 is a linear layer: "
+            "did you mean 'model.layers.1.out_features'?",
+            "missing required key 'model.layers.1.out_features' (model.layers.1 is a linear layer)"}
+    assert r.exit_code == 2 and not (tmp_path / "r").exists()
+
+
 def test_a_network_too_big_for_memory_in_gradcheck_too(tmp_path):
     r = run("gradcheck", "--config", ROOT / "configs" / "cifar10_cnn.yaml", "--batch", "10000000")
     assert r.exit_code == 2 and "needs at least" in r.stderr and "of memory but" in r.stderr

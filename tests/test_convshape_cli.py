@@ -29,14 +29,18 @@ def assert_usage_error(result, *fragments):
 
 
 # ----------------------------------------------------------------------------- one layer
-def test_the_practicals_question_floor_versus_seed_ceil():
+def test_the_practicals_question_floor_versus_its_ceil():
     result = run("--input", "28x28x1", "--kernel", "5", "--stride", "2")
     assert result.exit_code == 0, result.output
     assert "output 12x12x1" in result.stdout
-    assert "The seed's formula gives 13x13, not 12x12" in result.stdout
+    assert "The practical's formula (ceil) gives 13x13, not 12x12" in result.stdout
     assert "ceil((2*0 + 28 - 5)/2 + 1) = ceil(12.5) = 13" in result.stdout
     assert "floor((28 + 2*0 - 1*(5-1) - 1)/2) + 1 = floor(23/2) + 1 = 12" in result.stdout
     assert "28*28*1*12*12*1 = 112,896" in result.stdout  # the fully connected equivalent
+    # "The seed" is the project's word for the practical it grew from: nobody else knows it (issue 27).
+    for fmt in ("table", "json", "csv"):
+        assert "seed" not in run("--input", "28x28x1", "--kernel", "5", "--stride", "2", "--format", fmt).stdout.lower()
+    assert "seed" not in run("--help").stdout.lower()
 
 
 def test_one_layer_json_keys_and_numbers():
@@ -48,7 +52,8 @@ def test_one_layer_json_keys_and_numbers():
     assert (r["weights"], r["biases"], r["params"]) == (5 * 5 * 3 * 32, 32, 2_432)
     assert r["fc_weights"] == 32 * 32 * 3 * 32 * 32 * 32 and r["fc_biases"] == 32 * 32 * 32
     assert r["macs"] == 32 * 32 * 32 * 5 * 5 * 3
-    assert r["seed_ceil_height"] == r["seed_ceil_width"] == 32
+    assert r["practical_ceil_height"] == r["practical_ceil_width"] == 32
+    assert r["practical_formula"]["height"].endswith("= ceil(32) = 32")
     assert r["arch"] == {"type": "Conv2d", "in_channels": 3, "out_channels": 32, "kernel_size": 5, "stride": 1,
                          "padding": 2, "dilation": 1, "bias": True}
 
@@ -61,9 +66,9 @@ def test_pooling_keeps_channels_and_has_no_weights():
                          "ceil_mode": True}
     r = json.loads(run("--input", "7x7x64", "--kernel", "2", "--pool", "avg", "--json").stdout)
     assert r["layer"] == "AvgPool2d" and (r["output_height"], r["output_channels"]) == (3, 64)
-    # ceil_mode's drop of a window that would start in the right padding, where the seed keeps it.
+    # ceil_mode's drop of a window that would start in the right padding, where the practical's formula keeps it.
     result = run("--input", "5x5x1", "--kernel", "2", "--stride", "2", "--padding", "1", "--pool", "--ceil-mode")
-    assert "output 3x3x1" in result.stdout and "The seed's formula gives 4x4" in result.stdout
+    assert "output 3x3x1" in result.stdout and "The practical's formula (ceil) gives 4x4" in result.stdout
     assert "PyTorch drops it: 3" in result.stdout
 
 

@@ -6,7 +6,7 @@ import pytest
 from mlp_cli.config import Augment, Data
 from mlp_cli.data import Split, batches, cutout, load_splits, mirror, normalization, normalize, split_indices
 from mlp_cli.data.circles import make_circles
-from mlp_cli.errors import DataError
+from mlp_cli.errors import DataError, UsageError
 
 
 def image_split(n=10, h=8, w=8, c=3, seed=0):
@@ -88,6 +88,44 @@ def test_val_size_zero_gives_an_empty_val_split_and_too_large_fails():
     assert len(s["train"]) == 200
     with pytest.raises(DataError, match="val_size"):
         load_splits(Data(dataset="circles", val_size=200), 0)
+
+
+@pytest.mark.parametrize("train_size, n_train", [(50, 50), (0.25, 45), (1, 1), (180, 180), (None, 180)])
+def test_train_size_keeps_a_seeded_part_of_what_the_validation_split_leaves(train_size, n_train):
+    cfg = Data(dataset="circles", val_size=20, train_size=train_size)
+    s = load_splits(cfg, seed=5)
+    whole = load_splits(Data(dataset="circles", val_size=20), seed=5)
+    assert len(s["train"]) == n_train and s["train"].x.dtype == np.float32
+    # The validation and test splits do not depend on train_size; the kept examples are training ones.
+    assert s["val"].x.tobytes() == whole["val"].x.tobytes() and s["test"].x.tobytes() == whole["test"].x.tobytes()
+    rows = lambda a: set(map(bytes, a))  # noqa: E731
+    assert rows(s["train"].x) <= rows(whole["train"].x)
+    # Drawn with the run's seed: the same seed keeps the same examples (in the data set's order), another does not.
+    assert load_splits(cfg, seed=5)["train"].x.tobytes() == s["train"].x.tobytes()
+    if n_train not in (1, 180):
+        assert load_splits(cfg, seed=6)["train"].x.tobytes() != s["train"].x.tobytes()
+        order = [whole["train"].x.tobytes().find(bytes(row)) for row in s["train"].x]
+        assert order == sorted(order)
+
+
+@pytest.mark.parametrize("train_size, message", [
+    (181, "data.train_size=181 asks for 181 training examples but the training split has 180 examples left after "
+          "the validation split (20 of 200); use a count up to 180"),
+    (0.001, "data.train_size=0.001 keeps no example"),
+])
+def test_train_size_that_asks_for_too_many_or_none_is_a_usage_error(train_size, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_splits(Data(dataset="circles", val_size=20, train_size=train_size), 0)
+
+
+@pytest.mark.parametrize("train_size", [0, -3, 2.5, "all"])
+def test_train_size_must_be_a_positive_count_or_fraction(train_size):
+    from mlp_cli.config import ConfigError, validate
+
+    raw = {"data": {"dataset": "circles", "train_size": train_size}, "model": {"layers": [{"type": "linear",
+           "out_features": 2}]}, "train": {"epochs": 1, "batch_size": 4}, "optim": {"lr": 0.1}}
+    with pytest.raises(ConfigError, match="data.train_size"):
+        validate(raw, "c.yaml")
 
 
 def test_only_the_requested_splits_are_returned():

@@ -104,7 +104,7 @@ def test_loss_is_stable_for_huge_logits():
 
 
 def test_seed_mlp_gradients_match_the_derivation():
-    """The seed's equations, written out for one example, equal the engine's batched backward."""
+    """The practical's equations, written out for one example, equal the engine's batched backward."""
     rng = np.random.default_rng(0)
     net = build([{"type": "Linear", "in_features": 4, "out_features": 3},
                  {"type": "Tanh"},

@@ -104,20 +104,94 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holder_is_taken
     code = ("import sys, os; sys.path.insert(0, %r); from mlp_cli.rundir import RunDir; "
             "RunDir.open(%r); os._exit(9)") % (os.getcwd(), str(tmp_path / "r"))
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert (tmp_path / "r" / ".lock").read_text().startswith("pid ")  # a kill leaves its lock file
     RunDir.open(tmp_path / "r").release()
+    assert not (tmp_path / "r" / ".lock").exists()
 
 
-def test_an_existing_empty_folder_or_one_with_other_files_is_used(tmp_path):
+def test_an_existing_empty_folder_is_used_and_one_with_other_files_is_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     RunDir.create(empty, {"config.yaml": b"c"}).release()
     assert (empty / "config.yaml").read_bytes() == b"c"
     busy = tmp_path / "busy"
-    busy.mkdir()
+    (busy / "MNIST" / "raw").mkdir(parents=True)
     (busy / "notes.txt").write_text("mine")
-    run = RunDir.create(busy, {"config.yaml": b"c"})
-    run.remove()  # undoing a creation in a folder that held other files keeps those files
-    assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for attempt in (rundir.check_creatable, lambda path: RunDir.create(path, {"config.yaml": b"c"})):
+        with pytest.raises(UsageError) as refused:
+            attempt(busy)
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"{busy} is a folder that holds other files (MNIST/, notes.txt), not a run" in message
+        assert "choose another --out" in message
+        # Nothing written: not in the folder, not beside it (no staging folder, no lock).
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_folder_that_became_non_empty_meanwhile_is_refused_and_left_alone(tmp_path, monkeypatch):
+    busy = tmp_path / "r"
+    real = rundir._refuse_existing
+    calls = []
+
+    def someone_writes_after_the_first_check(path):
+        calls.append(path)
+        if len(calls) == 1:
+            real(path)
+            path.mkdir()
+            (path / "theirs.txt").write_text("x")
+        else:
+            real(path)
+
+    monkeypatch.setattr(rundir, "_refuse_existing", someone_writes_after_the_first_check)
+    with pytest.raises(UsageError, match="holds other files \\(theirs.txt\\)"):
+        RunDir.create(busy, {"config.yaml": b"c"})
+    assert [p.name for p in tmp_path.iterdir()] == ["r"] and [p.name for p in busy.iterdir()] == ["theirs.txt"]
+
+
+def test_release_removes_the_lock_and_a_refusal_leaves_none(tmp_path):
+    run = RunDir.create(tmp_path / "r", {"config.yaml": b"c"})
+    assert (tmp_path / "r" / rundir.LOCK).is_file()
+    run.release()
+    run.release()  # idempotent
+    assert not (tmp_path / "r" / rundir.LOCK).exists()
+    with pytest.raises(UsageError, match="already holds a run"):
+        RunDir.create(tmp_path / "r", {"config.yaml": b"c"})  # probes the lock: takes it, gives it back
+    assert not (tmp_path / "r" / rundir.LOCK).exists()
+    RunDir.open(tmp_path / "r").release()
+    assert not (tmp_path / "r" / rundir.LOCK).exists()
+    removed = RunDir.create(tmp_path / "gone", {"config.yaml": b"c"})
+    removed.remove()
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_lock_released_while_being_taken_is_taken_afresh_and_only_once(tmp_path, monkeypatch):
+    """The release protocol's race: B opens .lock, A unlinks it and closes, B's flock succeeds on
+    the unlinked file. B must notice and lock the new .lock, or a third process could lock that
+    one while B believes it holds the run."""
+    import fcntl
+
+    first = RunDir.create(tmp_path / "r", {"config.yaml": b"c"})
+    real_flock = fcntl.flock
+    released = []
+
+    def flock(fd, op):
+        if not released:  # between B's open and B's flock
+            released.append(True)
+            first.release()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+    second = RunDir.open(tmp_path / "r")
+    monkeypatch.setattr(rundir.fcntl, "flock", real_flock)
+    try:
+        lock = tmp_path / "r" / rundir.LOCK
+        assert os.path.sameopenfile(second._lock_fd, os.open(lock, os.O_RDONLY))
+        with pytest.raises(UsageError, match=rf"in use by another mlp-cli process \(pid {os.getpid()} "):
+            RunDir.open(tmp_path / "r")
+    finally:
+        second.release()
+    assert not (tmp_path / "r" / rundir.LOCK).exists()
 
 
 def test_files_get_the_permissions_of_the_umask(tmp_path):
@@ -125,10 +199,12 @@ def test_files_get_the_permissions_of_the_umask(tmp_path):
     try:
         run = RunDir.create(tmp_path / "r", {"config.yaml": b"c"})
         run.commit({"last.safetensors": b"w"})
+        lock_mode = (tmp_path / "r" / ".lock").stat().st_mode & 0o777  # the lock exists while it is held
         run.release()
     finally:
         os.umask(old)
-    for name in ("config.yaml", "last.safetensors", ".lock"):
+    assert lock_mode == 0o644
+    for name in ("config.yaml", "last.safetensors"):
         assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o644, name
     assert (tmp_path / "r").stat().st_mode & 0o777 == 0o755
 

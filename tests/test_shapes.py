@@ -123,7 +123,7 @@ def test_output_shapes_and_params_equal_torch_on_random_settings(torch1):
 def test_pool_rules_at_the_edges():
     # ceil_mode drops a last window that would start in the right padding: 5 + 2*1, k 2, s 2.
     assert shapes.pool_output_size(5, 2, 2, padding=1, ceil_mode=True) == 3
-    assert shapes.seed_output_size(5, 2, 2, padding=1) == 4
+    assert shapes.practical_output_size(5, 2, 2, padding=1) == 4
     # ceil_mode may let a partial last window hang over a too-small input (PyTorch accepts it).
     assert shapes.pool_output_size(2, 3, 2, ceil_mode=True) == 1
     with pytest.raises(ShapeError, match="larger than the padded input"):
@@ -138,11 +138,11 @@ def test_pool_rules_at_the_edges():
     assert shapes.conv_output_size(5, 6, padding=1) == 2
 
 
-def test_seed_formula_over_counts_when_stride_does_not_divide():
+def test_practical_formula_over_counts_when_stride_does_not_divide():
     assert shapes.conv_output_size(28, 5, 2) == 12
-    assert shapes.seed_output_size(28, 5, 2) == 13
-    assert shapes.conv_output_size(32, 5, 1, 2) == shapes.seed_output_size(32, 5, 1, 2) == 32
-    assert shapes.pool_output_size(7, 2, 2, ceil_mode=True) == shapes.seed_output_size(7, 2, 2) == 4
+    assert shapes.practical_output_size(28, 5, 2) == 13
+    assert shapes.conv_output_size(32, 5, 1, 2) == shapes.practical_output_size(32, 5, 1, 2) == 32
+    assert shapes.pool_output_size(7, 2, 2, ceil_mode=True) == shapes.practical_output_size(7, 2, 2) == 4
 
 
 # ----------------------------------------------------------------------------- the configs

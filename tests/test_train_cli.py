@@ -73,6 +73,7 @@ def test_train_writes_the_run_directory_and_eval_reads_it(tmp_path, image_folder
     assert r.exit_code == 0, r.output
     assert {"config.yaml", "metrics.csv", "last.safetensors", "best.safetensors", "test_metrics.json"} <= {
         p.name for p in out.iterdir()}
+    assert not (out / ".lock").exists()  # a finished run gives its lock back
     header, *rows = (out / "metrics.csv").read_text().splitlines()
     assert header.split(",")[:7] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
     assert [r.split(",")[0] for r in rows] == ["1", "2"]
@@ -202,6 +203,51 @@ def test_bad_config_exit_2_one_message_nothing_written(tmp_path, case):
     assert not (tmp_path / "absent").exists()  # shapes and config are checked before any data is touched
 
 
+def test_out_folder_with_other_files_is_refused_before_anything_is_written(tmp_path):
+    """The user's data folder given as --out: exit 2, one line saying what, where and what to do."""
+    data = tmp_path / "datasets"
+    (data / "MNIST" / "raw").mkdir(parents=True)
+    (data / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"\0" * 16)
+    (data / "README.txt").write_text("mine")
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    r = subprocess.run([*MLP_CLI, "train", "--config", str(ROOT / "configs/circles_mlp.yaml"), "--out", str(data)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {data} is a folder that holds other files (MNIST/, README.txt), not a run")
+    assert "choose another --out" in r.stderr
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    # An empty folder is fine.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", empty, "--quiet", "train.epochs=1",
+            "train.plots=false")
+    assert r.exit_code == 0, r.output
+    assert (empty / "best.safetensors").is_file() and not (empty / ".lock").exists()
+
+
+def test_train_size_cuts_the_training_split_is_recorded_and_too_large_is_exit_2(tmp_path):
+    out = tmp_path / "quick"
+    r = run("train", "--config", ROOT / "configs/circles_mlp.yaml", "--out", out, "--quiet", "data.val_size=20",
+            "data.train_size=0.25", "train.epochs=1", "train.batch_size=10", "train.plots=false")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["train_size"] == 0.25
+    # 45 of the 180 examples the validation split leaves: 5 batches of 10 (the last one of 5).
+    from mlp_cli import config, data
+
+    cfg = config.validate(yaml.safe_load((out / "config.yaml").read_text()), recorded=True)
+    assert len(data.load_splits(cfg.data, cfg.seed, ("train",))["train"]) == 45
+    r = run("train", "--resume", out, "data.train_size=0.5", "train.epochs=2")
+    assert r.exit_code == 2 and "cannot change data.train_size" in r.stderr
+    r = subprocess.run([*MLP_CLI, "train", "--config", str(ROOT / "configs/circles_mlp.yaml"), "--out",
+                        str(tmp_path / "big"), "data.train_size=1000"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == ("error: invalid config: data.train_size=1000 asks for 1,000 training examples but the "
+                        "training split has 160 examples left after the validation split (40 of 200); use a "
+                        "count up to 160 or a fraction below 1 (e.g. data.train_size=0.1)\n")
+    assert not (tmp_path / "big").exists()
+
+
 @pytest.mark.parametrize("override", ["optim.lr", "optim.lr=abc", "=3", "train..epochs=3", "optim.lr=[1,"])
 def test_bad_override_exit_2(tmp_path, image_folder, override):
     cfg = write_config(tmp_path / "c.yaml", **{"data.root": str(image_folder)})
@@ -262,6 +308,7 @@ def test_divergence_stops_with_exit_1_and_keeps_the_last_good_checkpoint(tmp_pat
     assert "epoch 2" in r.output and "(epoch 1)" in r.output
     last = checkpoint.load(tmp_path / "r" / "last.safetensors")
     assert last.metadata["epoch"] == 1
+    assert not (tmp_path / "r" / ".lock").exists()
     assert all(np.isfinite(v).all() for v in last.state.values())
 
 
@@ -290,6 +337,7 @@ def test_ctrl_c_saves_exits_130_and_resume_continues(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
+    assert not (out / ".lock").exists()
     done = checkpoint.load(out / "last.safetensors").metadata["epoch"]
     assert done >= 1
     r = run("train", "--resume", out, f"train.epochs={done + 2}", "--quiet")

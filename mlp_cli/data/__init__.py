@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from mlp_cli.data.pipeline import batches, center_crop, crop_and_flip, cutout, mirror, normalization, normalize
-from mlp_cli.data.split import Split, split_indices
+from mlp_cli.data.split import Split, split_indices, train_subset
 
 __all__ = ["Split", "batches", "center_crop", "crop_and_flip", "cutout", "load_splits", "mirror",
            "normalization", "normalize", "resolve", "resolve_config", "split_indices"]
@@ -50,7 +50,9 @@ def load_splits(data_cfg, seed: int, splits=SPLITS) -> dict[str, Split]:
     """The requested splits of the data set `data_cfg` (the config's `data` section) describes.
 
     "val" is carved from the training set: data.val_size examples (a count if >= 1, else a fraction),
-    picked by a permutation seeded from `seed` (the same every time); "train" is the rest. With
+    picked by a permutation seeded from `seed` (the same every time); "train" is the rest, or with
+    data.train_size that many of the rest (a count, or a fraction of the rest), picked the same way
+    (UsageError if it asks for none or for more than there are). With
     val_size 0, "val" is an empty Split (len 0, same dtype and example shape). "test" is the data
     set's own test set, never used for "val". Only what is asked is loaded: ("test",) does not read
     the training files. Raises DataError when the data cannot be found or read.
@@ -63,7 +65,8 @@ def load_splits(data_cfg, seed: int, splits=SPLITS) -> dict[str, Split]:
         full = _load(data_cfg, train=True)
         train_idx, val_idx = split_indices(len(full), data_cfg.val_size, seed)
         if "train" in splits:
-            out["train"] = full if len(val_idx) == 0 else full.subset(train_idx)
+            train_idx = train_subset(train_idx, data_cfg.train_size, seed, len(full))
+            out["train"] = full if len(train_idx) == len(full) else full.subset(train_idx)
         if "val" in splits:
             out["val"] = full.subset(val_idx)
         del full

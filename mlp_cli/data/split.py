@@ -1,4 +1,5 @@
-"""The `Split` container and the seeded validation split carved from a training set."""
+"""The `Split` container, the seeded validation split carved from a training set, and the seeded
+subset of what is left that data.train_size asks for."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlp_cli.errors import DataError
+from mlp_cli.errors import DataError, UsageError
 
 VAL_SEED = 0x5EED  # mixed with the config's seed: np.random.default_rng([seed, VAL_SEED])
+TRAIN_SEED = 0x7EA1  # the same for data.train_size's subset, drawn independently of the validation split
 
 
 @dataclass
@@ -56,3 +58,29 @@ def split_indices(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.nd
     count = val_count(val_size, n)
     perm = np.random.default_rng([int(seed), VAL_SEED]).permutation(n)
     return np.sort(perm[count:]), np.sort(perm[:count])
+
+
+def train_count(train_size: float, n: int, total: int) -> int:
+    """How many of the `n` training examples that the validation split left (of `total`) to keep:
+    `train_size` if >= 1, else round(train_size * n). UsageError (exit 2) if that is none or more than `n`."""
+    count = int(train_size) if train_size >= 1 else int(round(train_size * n))
+    left = f"the training split has {n:,} examples" + (
+        f" left after the validation split ({total - n:,} of {total:,})" if n != total else "")
+    if count > n:
+        raise UsageError(f"invalid config: data.train_size={train_size:g} asks for {count:,} training examples but "
+                         f"{left}; use a count up to {n} or a fraction below 1 (e.g. data.train_size=0.1)")
+    if count < 1:
+        raise UsageError(f"invalid config: data.train_size={train_size:g} keeps no example: {left}; use a larger "
+                         f"fraction or a count (e.g. data.train_size={min(n, 100)})")
+    return count
+
+
+def train_subset(train: np.ndarray, train_size: float | None, seed: int, total: int) -> np.ndarray:
+    """The sorted indices of `train` (the training examples of `total`, after the validation split)
+    that data.train_size keeps: a permutation seeded from (seed, TRAIN_SEED), so the same seed
+    always keeps the same examples, and the validation split does not depend on train_size."""
+    if train_size is None:
+        return train
+    count = train_count(train_size, len(train), total)
+    perm = np.random.default_rng([int(seed), TRAIN_SEED]).permutation(len(train))
+    return train[np.sort(perm[:count])]

@@ -115,7 +115,7 @@ def _matmul_work(n, out_features, in_features) -> int:
 class Linear(Layer):
     """Fully connected layer y = x W^T + b (torch.nn.Linear).
 
-    In the seed's notation for one example, h~ = W_h x + b_h; a batch stacks examples as rows.
+    In the practical's notation for one example, h~ = W_h x + b_h; a batch stacks examples as rows.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32):
@@ -654,7 +654,7 @@ def _relu_backward(dout, y, out):
 
 
 def _tanh_backward(dout, y, out):
-    # grad h~ = (1 - tanh^2(h~)) * grad h: the seed's grad h~ line, element-wise
+    # grad h~ = (1 - tanh^2(h~)) * grad h: the practical's grad h~ line, element-wise
     np.multiply(y, y, out=out)
     np.subtract(1, out, out=out)
     out *= dout
@@ -672,7 +672,7 @@ class ReLU(Layer):
 
 
 class Tanh(Layer):
-    """tanh, element-wise; any shape. Seed: h = tanh(h~), and dh/dh~ = 1 - tanh^2(h~)."""
+    """tanh, element-wise; any shape. The practical: h = tanh(h~), and dh/dh~ = 1 - tanh^2(h~)."""
 
     def forward(self, x):
         self.out = _elementwise(lambda a, out: np.tanh(a, out=out), x)

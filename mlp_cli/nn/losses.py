@@ -11,7 +11,7 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, label_smoothin
     logits: (N, K) scores y~ (never softmax outputs); labels: (N,) integer classes.
     Returns (loss, dlogits) with loss a Python float and dlogits (N, K) in the logits' dtype.
 
-    Seed: l = -y~_c + log sum_k exp(y~_k), computed with log-sum-exp after subtracting the
+    The practical: l = -y~_c + log sum_k exp(y~_k), computed with log-sum-exp after subtracting the
     row maximum so exp never overflows; dl/dy~ = y^ - y. The loss is the batch mean, so the
     gradient carries 1/N and the learning rate does not depend on the batch size.
     With label smoothing eps the target is y = (1 - eps) one_hot + eps / K (as in PyTorch).

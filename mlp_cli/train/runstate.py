@@ -174,7 +174,7 @@ def _reopened(run: RunDir, overrides, from_epoch, command, console) -> tuple[Con
     saved = yaml.safe_load(run.read("config.yaml") or b"")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{run.path / 'config.yaml'} is damaged (not a YAML mapping)")
-    cfg = config.validate(config.apply_overrides(saved, overrides), f"{run.path / 'config.yaml'}", recorded=True)
+    cfg = config.validate(saved, f"{run.path / 'config.yaml'}", recorded=True, overrides=overrides)
     if overrides:
         cfg = data.resolve_config(cfg)  # a moved data.root is recorded absolute, as at the start
     # Compared with the saved config as validated, defaults filled in: a setting added to the tool
