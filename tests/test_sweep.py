@@ -85,7 +85,7 @@ def test_bad_sweep_file_exits_2_and_writes_nothing(tmp_path, params, expected):
 
 
 def test_a_trial_without_validation_split_is_refused(tmp_path):
-    result = run_sweep("--config", CIRCLES, "--out", tmp_path / "s", "optim.lr=0.1,0.3")  # circles: val_size 0
+    result = run_sweep("--config", CIRCLES, "--out", tmp_path / "s", "optim.lr=0.1,0.3", "data.val_size=0")
     assert result.exit_code == 2
     assert "data.val_size is 0" in result.output and not (tmp_path / "s").exists()
 
