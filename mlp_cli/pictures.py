@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlp_cli.train import best_row
+from mlp_cli.selection import best_row
 
 # Colours of the classes in scatter plots (the first two match the two ends of the RdBu map).
 _TWO = ("#2166ac", "#b2182b")

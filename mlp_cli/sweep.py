@@ -41,11 +41,12 @@ from pathlib import Path
 import yaml
 
 from mlp_cli import config as config_mod
+from mlp_cli import selection
 from mlp_cli.config import ConfigError
 from mlp_cli.errors import Interrupted, RuntimeFailure, ShapeError, UsageError
 
 SWEEP_FILE, RESULTS_FILE, PLOT_FILE = "sweep.yaml", "results.csv", "sweep.png"
-METRICS = {"val_acc": "max", "val_loss": "min"}
+METRICS = selection.METRICS
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 FINAL = ("done", "stopped", "failed")  # --resume does not run these again
 # One thread per trial: on this project's 2-core machine, two trials on one thread each finished
@@ -368,13 +369,16 @@ def read_statuses(out: Path) -> dict[str, tuple[str, str]]:
 
 
 def best_trial(plan: Plan, rows: dict[str, dict]) -> dict | None:
-    key = "best_val_acc" if plan.metric == "val_acc" else "best_val_loss"
-    scored = [r for r in rows.values() if r[key] != ""]
-    if not scored:
-        return None
-    if plan.metric == "val_acc":  # ties broken by the lower validation loss, as best.safetensors is chosen
-        return max(scored, key=lambda r: (float(r[key]), -float(r["best_val_loss"] or "inf")))
-    return min(scored, key=lambda r: float(r[key]))
+    """The row of the best trial by plan.metric, chosen as best.safetensors is (selection.py);
+    None when no trial has a validation result."""
+    trials = list(rows.values())
+    scores = [(_number(r["best_val_acc"]), _number(r["best_val_loss"])) for r in trials]
+    best = selection.best_index(scores, plan.metric)
+    return None if best is None else trials[best]
+
+
+def _number(text: str) -> float | None:
+    return None if text == "" else float(text)
 
 
 def reproduce_command(plan: Plan, trial_name: str, threads: int) -> str:

@@ -32,29 +32,10 @@ from mlp_cli import checkpoint, rundir, shapes
 from mlp_cli.config import Config, ConfigError
 from mlp_cli.errors import CheckpointError, Divergence, Interrupted, RuntimeFailure, ShapeError, UsageError
 from mlp_cli.rundir import RunDir
+from mlp_cli.selection import is_better
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 NUM_CLASSES = {"circles": 2, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
-
-
-def is_better(val_acc, val_loss, best_acc, best_loss) -> bool:
-    """The model-selection rule: higher validation accuracy; on a tie (frequent with small
-    validation sets) the lower validation loss."""
-    if val_acc is None:
-        return False
-    return best_acc is None or val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
-
-
-def best_row(rows: list[dict]) -> int | None:
-    """Index of the metrics.csv row whose epoch best.safetensors holds (None without validation)."""
-    best, best_acc, best_loss = None, None, None
-    for i, row in enumerate(rows):
-        acc, loss = row.get("val_acc"), row.get("val_loss")
-        if acc in (None, "") or loss in (None, ""):
-            continue
-        if is_better(float(acc), float(loss), best_acc, best_loss):
-            best, best_acc, best_loss = i, float(acc), float(loss)
-    return best
 
 
 @dataclass
