@@ -92,3 +92,27 @@ def test_no_import_circle_among_the_modules():
     """Nothing below imports what stands above it; a circle would make the order of imports matter."""
     cycle = _cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_one_softmax_in_the_engine_and_one_in_the_reference_tier():
+    """predict, pictures and the loss share nn/losses.py's; reference.py keeps the plain derivation."""
+    defined = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") == "softmax")
+    assert defined == ["nn/losses.py", "nn/reference.py"]
+
+
+def test_the_shared_softmax_is_the_loss_s_softmax():
+    import numpy as np
+
+    from mlp_cli.nn.losses import softmax, softmax_cross_entropy
+
+    logits = np.random.default_rng(0).normal(0, 30, (5, 4)).astype(np.float32)
+    probs = softmax(logits)
+    assert probs.dtype == np.float64 and np.allclose(probs.sum(axis=1), 1)
+    exact = np.exp(logits.astype(np.float64)) / np.exp(logits.astype(np.float64)).sum(axis=1, keepdims=True)
+    assert np.allclose(probs, exact, rtol=1e-12, atol=0)
+    labels = np.array([0, 1, 2, 3, 0])
+    _, dlogits = softmax_cross_entropy(logits, labels)  # (y^ - y) / N in float32
+    onehot = np.eye(4)[labels]
+    assert np.allclose(dlogits, (probs - onehot) / 5, atol=1e-7)
