@@ -43,7 +43,7 @@ import yaml
 from mlp_cli import config as config_mod
 from mlp_cli import selection
 from mlp_cli.config import ConfigError
-from mlp_cli.errors import Interrupted, RuntimeFailure, ShapeError, UsageError
+from mlp_cli.errors import EXIT_TERMINATED, STOP_SIGNALS, Interrupted, RuntimeFailure, ShapeError, UsageError, signal_exit
 
 SWEEP_FILE, RESULTS_FILE, PLOT_FILE = "sweep.yaml", "results.csv", "sweep.png"
 METRICS = selection.METRICS
@@ -502,7 +502,7 @@ class _Signals:
         self.signal = None
 
     def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -668,8 +668,8 @@ def _run(plan: Plan, out: Path, todo: list[Trial], statuses: dict, configs: dict
             write_results(plan, out, rows)
     draw(plan, out, rows)
     if signals.signal is not None:
-        code = 143 if signals.signal == signal.SIGTERM else 130
-        name = "SIGTERM" if code == 143 else "interrupted"
+        _, code = signal_exit(signals.signal)
+        name = "SIGTERM" if code == EXIT_TERMINATED else "interrupted"
         raise Interrupted(f"{name}: the trials were stopped after their last committed epoch; "
                           f"continue with: mlp-cli sweep --resume {out}", code)
     return rows
