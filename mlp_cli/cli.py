@@ -8,28 +8,18 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import sys
 
 import click
 
 from mlp_cli import __version__
-
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+from mlp_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_TERMINATED, EXIT_USAGE  # noqa: F401
 
 
 def fail(message: str, code: int) -> None:
     """Print one clear message on stderr and exit with `code` (no traceback)."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
-
-
-class _Terminated(BaseException):
-    pass
-
-
-def _terminated(_signum, _frame):
-    raise _Terminated
 
 
 class _Output:
@@ -93,12 +83,12 @@ def handle_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from mlp_cli.errors import Interrupted, RuntimeFailure, UsageError
+        from mlp_cli.errors import Interrupted, RuntimeFailure, Terminated, UsageError, signals_raise
 
         streams = _guard_output()
-        signal.signal(signal.SIGTERM, _terminated)  # what kill, Docker and Slurm send: like Ctrl-C
         try:
-            result = command(*args, **kwargs)
+            with signals_raise():  # Ctrl-C and SIGTERM: exceptions for the command to handle
+                result = command(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own usage errors and exits
         except UsageError as e:
@@ -109,7 +99,7 @@ def handle_errors(command):
             fail(str(e), EXIT_RUNTIME)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
-        except _Terminated:
+        except Terminated:
             fail("interrupted by SIGTERM", EXIT_TERMINATED)
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""

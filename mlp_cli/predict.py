@@ -26,6 +26,7 @@ from mlp_cli.data.imagefolder import read_image
 from mlp_cli.data.pipeline import center_crop, normalize
 from mlp_cli.errors import UsageError
 from mlp_cli.evaluate import forward
+from mlp_cli.nn.losses import softmax
 
 BATCH = 256
 
@@ -88,12 +89,6 @@ def load_image(path, geo: Geometry) -> np.ndarray:
     if geo.crop is not None:  # square: the config's augment.crop
         u8 = center_crop(u8[None], geo.crop[0])[0]
     return np.ascontiguousarray(u8)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def predict_files(checkpoint_path, images, *, top_k: int = 3) -> tuple[list[dict], list[str]]:

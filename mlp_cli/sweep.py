@@ -41,11 +41,12 @@ from pathlib import Path
 import yaml
 
 from mlp_cli import config as config_mod
+from mlp_cli import selection
 from mlp_cli.config import ConfigError
-from mlp_cli.errors import Interrupted, RuntimeFailure, ShapeError, UsageError
+from mlp_cli.errors import EXIT_TERMINATED, STOP_SIGNALS, Interrupted, RuntimeFailure, ShapeError, UsageError, signal_exit
 
 SWEEP_FILE, RESULTS_FILE, PLOT_FILE = "sweep.yaml", "results.csv", "sweep.png"
-METRICS = {"val_acc": "max", "val_loss": "min"}
+METRICS = selection.METRICS
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 FINAL = ("done", "stopped", "failed")  # --resume does not run these again
 # One thread per trial: on this project's 2-core machine, two trials on one thread each finished
@@ -375,13 +376,16 @@ def read_statuses(out: Path) -> dict[str, tuple[str, str]]:
 
 
 def best_trial(plan: Plan, rows: dict[str, dict]) -> dict | None:
-    key = "best_val_acc" if plan.metric == "val_acc" else "best_val_loss"
-    scored = [r for r in rows.values() if r[key] != ""]
-    if not scored:
-        return None
-    if plan.metric == "val_acc":  # ties broken by the lower validation loss, as best.safetensors is chosen
-        return max(scored, key=lambda r: (float(r[key]), -float(r["best_val_loss"] or "inf")))
-    return min(scored, key=lambda r: float(r[key]))
+    """The row of the best trial by plan.metric, chosen as best.safetensors is (selection.py);
+    None when no trial has a validation result."""
+    trials = list(rows.values())
+    scores = [(_number(r["best_val_acc"]), _number(r["best_val_loss"])) for r in trials]
+    best = selection.best_index(scores, plan.metric)
+    return None if best is None else trials[best]
+
+
+def _number(text: str) -> float | None:
+    return None if text == "" else float(text)
 
 
 def reproduce_command(plan: Plan, trial_name: str, threads: int) -> str:
@@ -505,7 +509,7 @@ class _Signals:
         self.signal = None
 
     def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -671,8 +675,8 @@ def _run(plan: Plan, out: Path, todo: list[Trial], statuses: dict, configs: dict
             write_results(plan, out, rows)
     draw(plan, out, rows)
     if signals.signal is not None:
-        code = 143 if signals.signal == signal.SIGTERM else 130
-        name = "SIGTERM" if code == 143 else "interrupted"
+        _, code = signal_exit(signals.signal)
+        name = "SIGTERM" if code == EXIT_TERMINATED else "interrupted"
         raise Interrupted(f"{name}: the trials were stopped after their last committed epoch; "
                           f"continue with: mlp-cli sweep --resume {out}", code)
     return rows

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mlp_cli import checkpoint, events, shapes
+from mlp_cli import checkpoint, events, selection, shapes
 from mlp_cli.config import Config, ConfigError
 from mlp_cli.console import Console, Stopped, StopSignals, plural
-from mlp_cli.errors import Divergence, Interrupted, RuntimeFailure, ShapeError, UsageError
+from mlp_cli.errors import Divergence, Interrupted, RuntimeFailure, ShapeError, UsageError, signal_exit
 from mlp_cli.rundir import RunDir
 from mlp_cli.train import runstate, steps
 from mlp_cli.train.network import build_network, check_network, check_outputs
@@ -75,8 +75,8 @@ def fit(cfg: Config | None, run_dir, *, resume: bool = False, overrides=(), from
             return trainer.run(signals, on_epoch)
     except Stopped as stop:
         done = runstate.read_state(run).epoch
-        code = 143 if stop.name == "SIGTERM" else 130
-        raise Interrupted(f"interrupted by {stop.name}; {plural(done, 'finished epoch')} saved in {run.path}; "
+        name, code = signal_exit(stop.signum)
+        raise Interrupted(f"interrupted by {name}; {plural(done, 'finished epoch')} saved in {run.path}; "
                           f"continue with: mlp-cli train --resume {run.path}", code) from None
     except (ConfigError, RuntimeFailure, ShapeError, UsageError) as e:
         # A run that could not begin (bad data, a config the data contradicts, an unwritable
@@ -259,7 +259,7 @@ class Trainer:
     def select(self, epoch: int, val: dict) -> bool:
         """Model selection: whether this epoch is the best so far (without validation: every epoch)."""
         _, best_acc, best_loss = self.best
-        improved = steps.is_better(val["accuracy"], val["loss"], best_acc, best_loss) or val["accuracy"] is None
+        improved = selection.is_better(val["accuracy"], val["loss"], best_acc, best_loss) or val["accuracy"] is None
         if improved:
             self.best = (epoch + 1, val["accuracy"], val["loss"])
         return improved
