@@ -466,7 +466,25 @@ def _absolute_env() -> dict[str, str]:
     return env
 
 
-def run_trial(tune_config: dict, *, configs: dict, out: str, env: dict, metric: str) -> None:
+def trial_hparams(trial: Trial) -> dict:
+    """The trial's varied keys and values, as TensorBoard's HParams tab shows them."""
+    return {key: scalar(value) for key, _, value in (item.partition("=") for item in trial.overrides)}
+
+
+def write_hparams_config(plan: Plan, out: Path, configs: dict) -> None:
+    """TensorBoard's HParams experiment at the sweep's root (each trial's run writes its values)."""
+    if not any(cfg["train"].get("tensorboard", True) for cfg in configs.values()):
+        return
+    from mlp_cli import events
+
+    values: dict[str, list] = {}
+    for trial in plan.trials:
+        for key, value in trial_hparams(trial).items():
+            values.setdefault(key, []).append(value)
+    events.write_sweep_hparams_config(out, values)
+
+
+def run_trial(tune_config: dict, *, configs: dict, hparams: dict, out: str, env: dict, metric: str) -> None:
     """One trial, in a Ray worker: `train.fit` into OUT/<name>, reporting every committed epoch
     to Tune. A run directory already there (a restart after the worker died, or --resume) is
     continued from its last committed epoch. A trial that fails (divergence, missing data) is
@@ -490,7 +508,8 @@ def run_trial(tune_config: dict, *, configs: dict, out: str, env: dict, metric: 
             tune.report(dict(last))
 
     try:
-        train.fit(cfg, run_dir, resume=rundir.has_run(run_dir), console=train.Console(quiet=True), on_epoch=report)
+        train.fit(cfg, run_dir, resume=rundir.has_run(run_dir), console=train.Console(quiet=True), on_epoch=report,
+                  hparams=hparams[name])
     except train.Interrupted:
         raise
     except (RuntimeFailure, UsageError) as e:  # divergence, missing data, the run in use elsewhere
@@ -653,6 +672,7 @@ def _run(plan: Plan, out: Path, todo: list[Trial], statuses: dict, configs: dict
     with raycluster.connected(address, verbose=verbose) as where:
         if not resume:
             write_plan(plan, out)
+        write_hparams_config(plan, out, configs)
         rows = {t.name: result_row(plan, t, out, *statuses.get(t.name, ("pending", ""))) for t in plan.trials}
         write_results(plan, out, rows)
         console = _Console(len(plan.trials), len(plan.trials) - len(todo))
@@ -702,7 +722,8 @@ def _tune(plan: Plan, todo: list[Trial], configs: dict, out: Path, threads: int,
         grace = min(max_t, plan.grace_period or max(1, max_t // 4))
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=grace, reduction_factor=2)
     env = {**_absolute_env(), "MLP_CLI_THREADS": str(threads)}
-    trainable = tune.with_parameters(run_trial, configs={t.name: configs[t.name] for t in todo}, out=str(out), env=env,
+    trainable = tune.with_parameters(run_trial, configs={t.name: configs[t.name] for t in todo},
+                                     hparams={t.name: trial_hparams(t) for t in todo}, out=str(out), env=env,
                                      metric=plan.metric)
     storage = tempfile.mkdtemp(prefix="mlp-cli-tune-")
     try:
