@@ -242,24 +242,28 @@ def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
 
     from mlp_cli import config
     from mlp_cli import train as training
+    from mlp_cli.nn.execution import Execution
 
     if bool(config_path) == bool(resume_dir):
         fail("give either --config FILE (a new run) or --resume RUN_DIR (continue a run)", EXIT_USAGE)
     if from_epoch is not None and not resume_dir:
         fail("--from-epoch goes with --resume RUN_DIR", EXIT_USAGE)
+    execution = Execution.from_env()
     console = training.Console(quiet=quiet)
     if resume_dir:
         if out:
             fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
         command = ["--resume", resume_dir] + (["--from-epoch", str(from_epoch)] if from_epoch is not None else [])
         result = training.resume_run(resume_dir, overrides, console=console, from_epoch=from_epoch,
-                                     command=shlex.join(["mlp-cli", "train", *command, *overrides]))
+                                     command=shlex.join(["mlp-cli", "train", *command, *overrides]),
+                                     execution=execution)
     else:
         cfg = config.load(config_path, overrides)
         _pitfall_warnings(cfg)
         run_dir = out if out else _default_run_dir(config_path)
         command = ["--config", config_path, "--out", str(run_dir), *overrides]
-        result = training.start_run(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]))
+        result = training.start_run(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]),
+                                    execution=execution)
     if result.best_val_acc is None:
         best = f"no validation split, best.safetensors is epoch {result.best_epoch}"
     else:
@@ -339,10 +343,12 @@ def eval_(checkpoint_path, split, data_root, as_json):
     import json
 
     from mlp_cli.evaluate import evaluate_checkpoint, format_report
+    from mlp_cli.nn.execution import Execution
 
+    execution = Execution.from_env()
     if split == "train":
         _warn("evaluating on the training split measures how well the net fits, not how well it generalizes")
-    result = evaluate_checkpoint(checkpoint_path, split, data_root=data_root)
+    result = evaluate_checkpoint(checkpoint_path, split, data_root=data_root, execution=execution)
     click.echo(json.dumps(result) if as_json else format_report(result))
 
 
@@ -501,11 +507,14 @@ def gradcheck(config_path, batch, samples, threshold, seed, as_json, overrides):
 
     from mlp_cli import config
     from mlp_cli import gradcheck as gc
+    from mlp_cli.nn.execution import Execution
 
+    execution = Execution.from_env()
     if math.isnan(threshold):  # click's range check lets nan through, and every error would then "fail"
         fail("--threshold nan is not a number; pass a relative error such as 1e-6", EXIT_USAGE)
     cfg = config.load(config_path, overrides)
-    result = gc.check_config(cfg, batch=batch, samples=samples, seed=seed, threshold=threshold, source=str(config_path))
+    result = gc.check_config(cfg, batch=batch, samples=samples, seed=seed, threshold=threshold, source=str(config_path),
+                             execution=execution)
     click.echo(json.dumps(gc.config_check_json(result), indent=2) if as_json else gc.format_config_check(result))
     if not result.ok:
         fail(result.summary(), EXIT_RUNTIME)
@@ -536,8 +545,9 @@ def predict(checkpoint_path, images, top_k, as_json):
     import json
 
     from mlp_cli import predict as pr
+    from mlp_cli.nn.execution import Execution
 
-    results, errors = pr.predict_files(checkpoint_path, list(images), top_k=top_k)
+    results, errors = pr.predict_files(checkpoint_path, list(images), top_k=top_k, execution=Execution.from_env())
     if results or as_json:
         click.echo(json.dumps(results, indent=2) if as_json else pr.format_predictions(results))
     if errors:

@@ -341,11 +341,12 @@ class ConfigCheck:
 
 
 def check_config(cfg, *, batch: int = 2, samples: int = 12, seed: int = 0, threshold: float = 1e-6,
-                 h: float = 1e-6, source: str = "config") -> ConfigCheck:
+                 h: float = 1e-6, source: str = "config", execution=None) -> ConfigCheck:
     """Sampled gradient check of a config's network in float64 and training mode, on standard-normal
     inputs of the config's input shape and random labels. The weights are initialized as training
     would (the config's init and seed); inputs, labels, sampled entries and dropout masks come from
-    `seed`. Raises ShapeError/ConfigError when the network does not fit its data."""
+    `seed`; the network runs as `execution` says (default: Execution.from_env()). Raises
+    ShapeError/ConfigError when the network does not fit its data."""
     import time
 
     from mlp_cli import shapes
@@ -361,7 +362,7 @@ def check_config(cfg, *, batch: int = 2, samples: int = 12, seed: int = 0, thres
     if len(out) != 1:
         raise ConfigError(f"invalid config: the network ends with output shape {out}; the loss needs one score "
                           "per class, so end with {type: flatten} and {type: linear, out_features: CLASSES}")
-    model = build_network(cfg, shapes.architecture(infos), dtype=np.float64).train()
+    model = build_network(cfg, shapes.architecture(infos), dtype=np.float64, execution=execution).train()
     rng = np.random.default_rng([seed, 1])
     x = rng.standard_normal((batch, *input_shape))
     labels = rng.integers(0, out[0], batch)

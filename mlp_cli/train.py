@@ -90,12 +90,15 @@ def check_network(cfg: Config, *, batch_size: int | None = None, dtype=np.float3
     return input_shape, infos
 
 
-def build_network(cfg: Config, architecture: list[dict], dtype=np.float32):
-    """The engine network of a config, initialized from its seed as `mlp-cli train` does."""
+def build_network(cfg: Config, architecture: list[dict], dtype=np.float32, execution=None):
+    """The engine network of a config, initialized from its seed as `mlp-cli train` does, run as
+    `execution` says (an nn.execution.Execution; default: Execution.from_env())."""
+    from mlp_cli.nn.execution import Execution
     from mlp_cli.nn.model import build
 
     return build(architecture, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
-                 init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype)
+                 init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype,
+                 execution=execution if execution is not None else Execution.from_env())
 
 
 def check_outputs(infos, num_classes: int, dataset: str) -> None:
@@ -305,30 +308,37 @@ def _command() -> str:
 
 
 def start_run(cfg: Config, run_dir, *, console: Console | None = None, on_epoch=None,
-              command: str | None = None) -> RunResult:
-    """Train `cfg` in a new run directory `run_dir`. Raises ConfigError/ShapeError before anything
+              command: str | None = None, execution=None) -> RunResult:
+    """Train `cfg` in a new run directory `run_dir`, run as `execution` says (default:
+    Execution.from_env(), recorded in history.yaml). Raises ConfigError/ShapeError before anything
     is written, UsageError if the folder holds a run or is in use, SaveError if it cannot be
     written, DataError, Divergence, Interrupted."""
     from mlp_cli import data
 
+    from mlp_cli.nn.execution import Execution
+
+    execution = execution if execution is not None else Execution.from_env()
     rundir.check_creatable(run_dir)  # before any file of the data set is read
     cfg = data.resolve_config(cfg)  # what config.yaml records: the absolute data root, the image size
     check_network(cfg)
-    history = [{"from_epoch": 1, "command": command or _command(), "at": _now()}]
+    history = [{"from_epoch": 1, "command": command or _command(), "at": _now(), **execution.record()}]
     run = RunDir.create(run_dir, {"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
-    return _train(run, cfg, State(), console or Console(), on_epoch)
+    return _train(run, cfg, State(), console or Console(), on_epoch, execution)
 
 
 def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoch=None,
-               from_epoch: int | None = None, command: str | None = None) -> RunResult:
+               from_epoch: int | None = None, command: str | None = None, execution=None) -> RunResult:
     """Continue the run in `run_dir` from its last committed epoch (or `from_epoch`), with
     `overrides` of its config. Overrides of seed, data or model are refused (UsageError): they
     would change what the finished epochs mean. The others hold from the next epoch on and are
-    recorded in history.yaml."""
+    recorded in history.yaml, as is `execution` (default: Execution.from_env()) when it is not the
+    last recorded one: the engine and threads are settings of each invocation, not of the run."""
     import yaml
 
     from mlp_cli import config, data
+    from mlp_cli.nn.execution import Execution
 
+    execution = execution if execution is not None else Execution.from_env()
     console = console or Console()
     run = RunDir.open(run_dir)
     if run.restored:
@@ -360,25 +370,30 @@ def resume_run(run_dir, overrides=(), *, console: Console | None = None, on_epoc
             raise UsageError(f"{run.path} already has {state.epoch} epochs, so {', '.join(sorted(changed))} "
                              f"would hold for no epoch; add train.epochs={state.epoch + 1} (or more) to train "
                              f"further with them")
-        if changed:
-            _warn_schedule(console, cfg, state, saved)
-            history = yaml.safe_load(run.read("history.yaml") or b"") or []
-            history.append({"from_epoch": state.epoch + 1, "command": command or _command(), "at": _now(),
-                            "changed": {k: {"from": old, "to": new} for k, (old, new) in changed.items()}})
+        history = yaml.safe_load(run.read("history.yaml") or b"") or []
+        ran_as = execution.record()
+        if changed or not history or any(history[-1].get(k) != v for k, v in ran_as.items()):
+            if changed:
+                _warn_schedule(console, cfg, state, saved)
+            entry = {"from_epoch": state.epoch + 1, "command": command or _command(), "at": _now(), **ran_as}
+            if changed:
+                entry["changed"] = {k: {"from": old, "to": new} for k, (old, new) in changed.items()}
+            history.append(entry)
             run.commit({"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
     except BaseException:
         run.release()
         raise
-    return _train(run, cfg, state, console, on_epoch)
+    return _train(run, cfg, state, console, on_epoch, execution)
 
 
-def fit(cfg: Config, run_dir, *, resume: bool = False, console: Console | None = None, on_epoch=None) -> RunResult:
+def fit(cfg: Config, run_dir, *, resume: bool = False, console: Console | None = None, on_epoch=None,
+        execution=None) -> RunResult:
     """Train `cfg` into `run_dir`, a new run (start) or, with resume=True, the run already there
     (whose saved config is `cfg`). `on_epoch(row, committed)` is called after each epoch with its
     metrics.csv row (numbers) and whether the epoch is committed to disk yet (see COMMIT_INTERVAL)."""
     if resume:
-        return resume_run(run_dir, console=console, on_epoch=on_epoch)
-    return start_run(cfg, run_dir, console=console, on_epoch=on_epoch)
+        return resume_run(run_dir, console=console, on_epoch=on_epoch, execution=execution)
+    return start_run(cfg, run_dir, console=console, on_epoch=on_epoch, execution=execution)
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
@@ -424,11 +439,11 @@ def _divergence(what: str, epoch: int, cfg: Config, run_dir: Path) -> Divergence
     return Divergence(f"training diverged: {what}; lower the learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}; {kept}")
 
 
-def _train(run: RunDir, cfg: Config, state: State, console: Console, on_epoch) -> RunResult:
+def _train(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, execution) -> RunResult:
     signals = StopSignals()
     try:
         with signals, contextlib.ExitStack() as stack:
-            return _epochs(run, cfg, state, console, on_epoch, signals, stack)
+            return _epochs(run, cfg, state, console, on_epoch, signals, stack, execution)
     except _Stopped as stop:
         name, code = ("SIGTERM", 143) if stop.signum == signal.SIGTERM else ("Ctrl-C", 130)
         done = read_state(run).epoch
@@ -445,7 +460,7 @@ def _train(run: RunDir, cfg: Config, state: State, console: Console, on_epoch) -
 
 
 def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, signals: StopSignals,
-            stack: contextlib.ExitStack) -> RunResult:
+            stack: contextlib.ExitStack, execution) -> RunResult:
     from mlp_cli import data
     from mlp_cli.evaluate import checkpoint_result, evaluate, metrics_from_logits, predict
     from mlp_cli.nn import warm_up_compiled
@@ -466,12 +481,14 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
 
     meta = dict(architecture=architecture, input_shape=input_shape, normalization=norm, classes=classes,
                 config=cfg.dump())
-    model = build_network(cfg, architecture)
+    model = build_network(cfg, architecture, execution=execution)
     model.skip_input_gradient()
     stack.enter_context(single_threaded_blas())
-    optimizer = Optimizer(cfg.optim)
-    # A layer class with compiled kernels says so by its `use_compiled` switch.
-    if any(getattr(layer, "use_compiled", False) for layer in model.layers) or (optimizer.name == "sgd" and optimizer.momentum):
+    optimizer = Optimizer(cfg.optim, execution)
+    # A layer class with compiled kernels says so (`has_compiled_kernels`); the execution may forbid them.
+    if execution.compiled and not execution.reference and (
+            any(getattr(layer, "has_compiled_kernels", False) for layer in model.layers)
+            or (optimizer.name == "sgd" and optimizer.momentum)):
         # Their compiled kernels load on first use (Numba's import and the cached machine code,
         # about 0.3 s): now, so that no epoch's `seconds` carries it.
         warm_up_compiled(np.float32)
@@ -488,7 +505,7 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
         live = model.state_dict()
         ema = state.ema if state.ema is not None else {k: v.copy() for k, v in live.items()}
         ema_pairs = [(ema[k], live[k]) for k in live]
-        evaluated = build_network(cfg, architecture)
+        evaluated = build_network(cfg, architecture, execution=execution)
         evaluated.skip_input_gradient()
     start, rows = state.epoch, list(state.rows)
     best_epoch, best_acc, best_loss = state.best
@@ -591,7 +608,7 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
     best_path = run_dir / "best.safetensors"
     if best_path.exists():
         best = checkpoint.load(best_path)
-        best_model = checkpoint.load_model(best)
+        best_model = checkpoint.load_model(best, execution=execution)
         logits = predict(best_model, test_split, batch_size=cfg.train.eval_batch_size, normalization=norm,
                          augment=cfg.data.augment)
         test = checkpoint_result(best_path, best, "test", metrics_from_logits(logits, test_split.y, len(classes)))

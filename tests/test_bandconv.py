@@ -8,6 +8,7 @@ import test_parity_torch as parity
 from mlp_cli.gradcheck import check_layer
 from mlp_cli.nn import bandconv, convcost
 from mlp_cli.nn import layers as L
+from mlp_cli.nn.execution import Execution
 from test_dftconv import random_geometry, step
 
 
@@ -56,8 +57,7 @@ def test_fold_is_the_transpose_of_band_matrix():
 ])
 def test_band_gradients_by_finite_differences(conv, shape):
     rng = np.random.default_rng(0)
-    layer = L.Conv2d(**conv, dtype=np.float64)
-    layer.method = "band"
+    layer = L.Conv2d(**conv, dtype=np.float64, execution=Execution(conv_method="band"))
     for p in layer.params.values():
         p[...] = rng.standard_normal(p.shape)
     checks = check_layer(layer, rng.standard_normal(shape))
@@ -67,18 +67,16 @@ def test_band_gradients_by_finite_differences(conv, shape):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_band_matches_torch(seed, monkeypatch):
-    monkeypatch.setattr(L.Conv2d, "method", "band")
+def test_band_matches_torch(seed):
     rng = np.random.default_rng(100 + seed)
     arch, x, labels = parity.random_case(rng, "Conv2d")
-    parity.run_both(arch, x, labels)
+    parity.run_both(arch, x, labels, execution=Execution(conv_method="band"))
 
 
-def test_band_trains_lenet5_like_torch(monkeypatch):
-    monkeypatch.setattr(L.Conv2d, "method", "band")
+def test_band_trains_lenet5_like_torch():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
-    parity.run_both(parity.LENET5, x, rng.integers(0, 10, 4), steps=2)
+    parity.run_both(parity.LENET5, x, rng.integers(0, 10, 4), steps=2, execution=Execution(conv_method="band"))
 
 
 def test_auto_follows_the_modelled_time():

@@ -6,6 +6,7 @@ import pytest
 import test_parity_torch as parity
 from mlp_cli.gradcheck import check_layer
 from mlp_cli.nn import layers as L
+from mlp_cli.nn.execution import Execution
 
 
 def random_geometry(rng):
@@ -20,9 +21,8 @@ def random_geometry(rng):
     return conv, (int(rng.integers(1, 5)), C, H, W)
 
 
-def step(method, conv, x, dout_seed, dtype):
-    layer = L.Conv2d(**conv, dtype=dtype)
-    layer.method = method
+def step(method, conv, x, dout_seed, dtype, threads=1):
+    layer = L.Conv2d(**conv, dtype=dtype, execution=Execution(conv_method=method, threads=threads))
     rng = np.random.default_rng(dout_seed)
     for p in layer.params.values():
         p[...] = rng.standard_normal(p.shape)
@@ -51,8 +51,7 @@ def test_dft_equals_im2col(seed, dtype, tol):
 ])
 def test_dft_gradients_by_finite_differences(conv, shape):
     rng = np.random.default_rng(0)
-    layer = L.Conv2d(**conv, dtype=np.float64)
-    layer.method = "dft"
+    layer = L.Conv2d(**conv, dtype=np.float64, execution=Execution(conv_method="dft"))
     for p in layer.params.values():
         p[...] = rng.standard_normal(p.shape)
     checks = check_layer(layer, rng.standard_normal(shape))
@@ -63,19 +62,17 @@ def test_dft_gradients_by_finite_differences(conv, shape):
 
 @pytest.mark.parametrize("method", ["im2col", "dft"])
 @pytest.mark.parametrize("seed", range(6))
-def test_each_method_matches_torch(method, seed, monkeypatch):
-    monkeypatch.setattr(L.Conv2d, "method", method)
+def test_each_method_matches_torch(method, seed):
     rng = np.random.default_rng(100 + seed)
     arch, x, labels = parity.random_case(rng, "Conv2d")
-    parity.run_both(arch, x, labels)
+    parity.run_both(arch, x, labels, execution=Execution(conv_method=method))
 
 
 @pytest.mark.parametrize("method", ["im2col", "dft"])
-def test_each_method_trains_the_cifar_net_like_torch(method, monkeypatch):
-    monkeypatch.setattr(L.Conv2d, "method", method)
+def test_each_method_trains_the_cifar_net_like_torch(method):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
-    parity.run_both(parity.CIFAR_NET, x, rng.integers(0, 10, 4), steps=2)
+    parity.run_both(parity.CIFAR_NET, x, rng.integers(0, 10, 4), steps=2, execution=Execution(conv_method=method))
 
 
 def test_auto_takes_the_dft_only_where_it_pays():
@@ -109,8 +106,7 @@ def test_split_over_threads_equals_im2col(method, threads, batch, monkeypatch):
     x = np.random.default_rng(threads).standard_normal((batch, 3, 8, 8))
     ref = step("im2col", conv, x, 1, np.float64)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 1)  # split even these small arrays
-    monkeypatch.setattr(parallel, "thread_count", lambda: threads)
     with parallel.single_threaded_blas():
-        got = step(method, conv, x, 1, np.float64)
+        got = step(method, conv, x, 1, np.float64, threads=threads)
     for a, b in [(ref[0], got[0]), (ref[1], got[1])] + [(ref[2][k], got[2][k]) for k in ref[2]]:
         assert np.abs(a - b).max() <= 1e-11 * max(np.abs(a).max(), 1.0)

@@ -98,7 +98,7 @@ class DFTConv:
         return self.Fh * self.Pw
 
     # ------------------------------------------------------------------ weights
-    def weight_block(self, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def weight_block(self, weight: np.ndarray, out: np.ndarray | None = None, *, threads: int = 1) -> np.ndarray:
         """weight (O, C, kh, kw) -> (Q, 2C, 2O): [[Gr, Gi], [-Gi, Gr]], the real form of
         right-multiplying a row [Xr | Xi] by the complex matrix G = Gr + i Gi (into `out` when given)."""
         O, C = weight.shape[:2]
@@ -114,10 +114,10 @@ class DFTConv:
             np.negative(Gi, out=b[:, C:, :O])
             b[:, C:, O:] = Gr
 
-        over_batch(run, len(block), block.size, uses_blas=True)
+        over_batch(run, len(block), block.size, uses_blas=True, threads=threads)
         return block
 
-    def weight_grad(self, grad_block: np.ndarray) -> np.ndarray:
+    def weight_grad(self, grad_block: np.ndarray, *, threads: int = 1) -> np.ndarray:
         """The transpose of weight_block: (Q, 2C, 2O) gradient -> (O, C, kh, kw) gradient. Each
         quadrant's part is a product per input channel, (kh*kw, Q) @ (Q, O), read straight from
         the block's strided rows."""
@@ -131,7 +131,7 @@ class DFTConv:
                                          (g[:, C:, :O], self.E_sin_neg), (g[:, C:, O:], self.E_cos))]
             return ordered_sum(parts)
 
-        dw = ordered_sum(over_batch(run, Q, grad_block.size, uses_blas=True))
+        dw = ordered_sum(over_batch(run, Q, grad_block.size, uses_blas=True, threads=threads))
         return dw.reshape(C, *self.kernel, O).transpose(3, 0, 1, 2)
 
     # ------------------------------------------------------------------ transforms

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli.nn import bandconv, compiled_kernels, convcost, parallel
+from mlp_cli.nn import bandconv, compiled_kernels, convcost
 from mlp_cli.nn.dftconv import DFTConv, mix
+from mlp_cli.nn.execution import Execution
 from mlp_cli.nn.parallel import ordered_sum, over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
 
@@ -65,9 +66,13 @@ def _window(offset: int, dilation: int, stride: int, count: int) -> slice:
 
 
 class Layer:
-    """Base class: no parameters, identity in train and eval mode alike."""
+    """Base class: no parameters, identity in train and eval mode alike.
 
-    def __init__(self):
+    `execution` (execution.py) says how the layer runs: its threads, whether compiled kernels may
+    run, the convolution method. The network builder gives every layer the entry point's one."""
+
+    def __init__(self, execution: Execution | None = None):
+        self.execution = execution if execution is not None else Execution()
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
@@ -80,6 +85,10 @@ class Layer:
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _over(self, fn, n, size, uses_blas=False) -> list:
+        """parallel.over_batch on this layer's threads."""
+        return over_batch(fn, n, size, uses_blas, threads=self.execution.threads)
 
     def _set_grad(self, name, parts):
         """grads[name] = the ordered sum of `parts` (partial sums over batch ranges), written
@@ -118,8 +127,9 @@ class Linear(Layer):
     In the seed's notation for one example, h~ = W_h x + b_h; a batch stacks examples as rows.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32):
-        super().__init__()
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32,
+                 execution: Execution | None = None):
+        super().__init__(execution)
         self.params["weight"] = np.zeros((out_features, in_features), dtype)
         if bias:
             self.params["bias"] = np.zeros(out_features, dtype)
@@ -138,7 +148,7 @@ class Linear(Layer):
             if bias is not None:
                 out[:, f0:f1] += bias[f0:f1]
 
-        over_batch(run, weight.shape[0], _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
+        self._over(run, weight.shape[0], _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
         return out
 
     def backward(self, dout):
@@ -161,11 +171,11 @@ class Linear(Layer):
             if grad_bias is not None:
                 dout[:, f0:f1].sum(axis=0, out=grad_bias[f0:f1])
 
-        over_batch(weight_part, weight.shape[0], work, uses_blas=True)
+        self._over(weight_part, weight.shape[0], work, uses_blas=True)
         if not self.needs_input_grad:
             return None
         dx = np.empty(x.shape, dout.dtype)
-        over_batch(lambda i0, i1: np.matmul(dout, weight[:, i0:i1], out=dx[:, i0:i1]), weight.shape[1], work,
+        self._over(lambda i0, i1: np.matmul(dout, weight[:, i0:i1], out=dx[:, i0:i1]), weight.shape[1], work,
                    uses_blas=True)
         return dx
 
@@ -174,21 +184,19 @@ class Linear(Layer):
 class Conv2d(Layer):
     """2-D convolution (torch.nn.Conv2d, groups=1).
 
-    Three methods, chosen per input size by `method`: "im2col" (every window copied into a row,
+    Three methods, chosen per input size: "im2col" (every window copied into a row,
     one matrix product: the reference), "band" (B neighbouring outputs per product row and a
     banded weight matrix, see bandconv.py: wide products for thin layers such as LeNet-5's
     first) and "dft" (stride 1 only, through the Fourier transform, see dftconv.py: 3-4x fewer
     operations for the practical's 5x5 layers). "auto" takes the method of least modelled
-    time (convcost.py).
+    time (convcost.py); the layer's execution.conv_method says which.
     The weight is kept in PyTorch's (F, C, kh, kw) layout; im2col uses it rearranged as
     (kh*kw*C, F) to match channels-last im2col rows.
     """
 
-    method = "auto"  # class-wide default; tests and benchmarks set it per layer
-
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, dtype=np.float32):
-        super().__init__()
+                 bias=True, dtype=np.float32, execution: Execution | None = None):
+        super().__init__(execution)
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         kh, kw = self.kernel_size
@@ -207,8 +215,9 @@ class Conv2d(Layer):
         takes the method of least modelled time (convcost.py), a fixed method its own."""
         O, C = self.params["weight"].shape[:2]
         geometry = (H, W, self.kernel_size, self.stride, self.padding, self.dilation, C, O, self.needs_input_grad)
-        methods = ("im2col", "band", "dft") if self.method == "auto" else (self.method,)
-        if self.method == "dft" and self.stride != (1, 1):
+        method = self.execution.conv_method
+        methods = ("im2col", "band", "dft") if method == "auto" else (method,)
+        if method == "dft" and self.stride != (1, 1):
             methods = ("im2col",)  # the DFT computes every output: stride 1 only
         method, B = convcost.choose(*geometry, methods=methods)
         if method != "dft":
@@ -250,7 +259,8 @@ class Conv2d(Layer):
         plan, N, C = self.plan, len(xh), xh.shape[3]
         weight, bias = self.params["weight"], self.params.get("bias")
         F, Q = weight.shape[0], plan.frequencies
-        self.block = plan.weight_block(weight, out=self._scratch("_block", (Q, 2 * C, 2 * F), weight.dtype))
+        self.block = plan.weight_block(weight, out=self._scratch("_block", (Q, 2 * C, 2 * F), weight.dtype),
+                                       threads=self.execution.threads)
         spectrum = self._scratch("_spectrum", (N, Q, 2 * C), xh.dtype)
         mixed = self._scratch("_mixed", (N, Q, 2 * F), xh.dtype)
         out = np.empty((N, plan.Ho, plan.Wo, F), xh.dtype)
@@ -262,7 +272,7 @@ class Conv2d(Layer):
             if bias is not None:
                 out[b0:b1] += bias
 
-        over_batch(run, N, mixed.size, uses_blas=True)
+        self._over(run, N, mixed.size, uses_blas=True)
         self.spectrum = spectrum
         return out
 
@@ -280,7 +290,7 @@ class Conv2d(Layer):
         dx = np.empty((N, H, W, C), dh.dtype) if self.needs_input_grad else None
         if dx is not None:
             block_t = self._scratch("_block_t", (Q, 2 * F, 2 * C), dh.dtype)
-            over_batch(lambda q0, q1: np.copyto(block_t[q0:q1], self.block[q0:q1].transpose(0, 2, 1)), Q, block_t.size)
+            self._over(lambda q0, q1: np.copyto(block_t[q0:q1], self.block[q0:q1].transpose(0, 2, 1)), Q, block_t.size)
 
         def to_mixed(b0, b1):  # dout -> its spectrum, and the bias gradient's part
             plan.from_frequency_transposed(dh[b0:b1], dmixed[b0:b1])
@@ -293,7 +303,7 @@ class Conv2d(Layer):
             mix(dmixed[b0:b1], block_t, spectrum[b0:b1])
             plan.to_frequency_transposed(spectrum[b0:b1], dx[b0:b1])
 
-        if N >= FREQUENCY_SPLIT_BELOW * parallel.thread_count():
+        if N >= FREQUENCY_SPLIT_BELOW * self.execution.threads:
             def run(b0, b1):
                 bias_part = to_mixed(b0, b1)
                 weight_part = block_grad(b0, b1)
@@ -301,20 +311,20 @@ class Conv2d(Layer):
                     to_input(b0, b1)
                 return weight_part, bias_part
 
-            parts = over_batch(run, N, dmixed.size, uses_blas=True)
+            parts = self._over(run, N, dmixed.size, uses_blas=True)
             bias_parts, grad_block = [p[1] for p in parts], parts[0][0]
             # The partial sums added in range order, into the first, by ranges of frequencies in
             # parallel: the sum ordered_sum makes, without a fresh array and a serial pass.
             if len(parts) > 1:
-                over_batch(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=grad_block[q0:q1]),
+                self._over(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=grad_block[q0:q1]),
                            Q, grad_block.size)
         else:
-            bias_parts = over_batch(to_mixed, N, dmixed.size, uses_blas=True)
+            bias_parts = self._over(to_mixed, N, dmixed.size, uses_blas=True)
             grad_block = self._scratch("_grad_block", (Q, 2 * C, 2 * F), dh.dtype)
-            over_batch(lambda q0, q1: block_grad(0, N, q0, q1, out=grad_block[q0:q1]), Q, dmixed.size, uses_blas=True)
+            self._over(lambda q0, q1: block_grad(0, N, q0, q1, out=grad_block[q0:q1]), Q, dmixed.size, uses_blas=True)
             if dx is not None:
-                over_batch(to_input, N, dmixed.size, uses_blas=True)
-        self._set_grad("weight", [plan.weight_grad(grad_block)])
+                self._over(to_input, N, dmixed.size, uses_blas=True)
+        self._set_grad("weight", [plan.weight_grad(grad_block, threads=self.execution.threads)])
         if "bias" in self.params:
             self._set_grad("bias", bias_parts)
         self.spectrum = self.block = None
@@ -359,7 +369,7 @@ class Conv2d(Layer):
                 if bias_row is not None:
                     out[c0 * R:c1 * R] += bias_row
 
-        over_batch(run, N, rows.size, uses_blas=True)
+        self._over(run, N, rows.size, uses_blas=True)
         self.rows, self.T = rows2d, T
         return out.reshape(N, Ho, -1, weight.shape[0])
 
@@ -387,7 +397,7 @@ class Conv2d(Layer):
                         dx[window] += drows[:, :, b, i]
             return grad_T, grad_b
 
-        parts = over_batch(run, N, rows2d.size, uses_blas=True)
+        parts = self._over(run, N, rows2d.size, uses_blas=True)
         self._set_grad("weight", [bandconv.fold(ordered_sum([p[0] for p in parts]), weight.shape, self.band, sw, dil_w)])
         if "bias" in self.params:
             self._set_grad("bias", [ordered_sum([p[1] for p in parts]).reshape(self.band, -1).sum(axis=0)])
@@ -417,7 +427,7 @@ class Conv2d(Layer):
                 if bias is not None:
                     out[c0 * P:c1 * P] += bias
 
-        over_batch(run, N, cols.size, uses_blas=True)
+        self._over(run, N, cols.size, uses_blas=True)
         self.cols = cols2d
         return out.reshape(N, Ho, Wo, -1)
 
@@ -450,7 +460,7 @@ class Conv2d(Layer):
                         dx[:, :, _window(j, dil_w, sw, Wo)] += rows[:, :, :, j]
             return grad_w, grad_b
 
-        parts = over_batch(run, N, cols2d.size, uses_blas=True)
+        parts = self._over(run, N, cols2d.size, uses_blas=True)
         self._set_grad("weight", [ordered_sum([p[0] for p in parts]).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)])
         if "bias" in self.params:
             self._set_grad("bias", [p[1] for p in parts])
@@ -460,8 +470,9 @@ class Conv2d(Layer):
 
 # ----------------------------------------------------------------------------- pooling
 class _Pool2d(Layer):
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-        super().__init__()
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 execution: Execution | None = None):
+        super().__init__(execution)
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride if stride is not None else kernel_size)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
@@ -496,10 +507,10 @@ class MaxPool2d(_Pool2d):
     """Max pooling (torch.nn.MaxPool2d): padding counts as -inf, ties go to the first maximum.
 
     A 2x2 window with stride 2 over an even-sized input runs the compiled kernels of compiled.py
-    where Numba is installed (`use_compiled`), other windows the NumPy code below, which is the
-    reference: the two give identical results."""
+    where Numba is installed and the layer's execution allows them (`execution.compiled`), other
+    windows the NumPy code below, which is the reference: the two give identical results."""
 
-    use_compiled = True  # class-wide; tests set it per layer to compare with the NumPy reference
+    has_compiled_kernels = True
 
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, C, Ho, Wo)."""
@@ -526,7 +537,7 @@ class MaxPool2d(_Pool2d):
                 else:
                     np.maximum(o, v, out=o)
 
-        over_batch(pool, N, xp.size)
+        self._over(pool, N, xp.size)
         # The kernel's backward needs only `first` (which input of each window takes its
         # gradient), not the input and output: 1 byte per output instead of 5 input and output numbers read.
         self.xp, self.out = (None, None) if use_kernel else (xp, out)
@@ -545,7 +556,7 @@ class MaxPool2d(_Pool2d):
         return found
 
     def _compiled_applies(self, H, W) -> bool:
-        return (self.use_compiled and self.kernel_size == (2, 2) and self.stride == (2, 2)
+        return (self.execution.compiled and self.kernel_size == (2, 2) and self.stride == (2, 2)
                 and self.padding == (0, 0) and self.dilation == (1, 1) and H % 2 == 0 and W % 2 == 0
                 and compiled_kernels() is not None)
 
@@ -560,7 +571,7 @@ class MaxPool2d(_Pool2d):
             first, d = self.first, np.ascontiguousarray(dh)
             dx = np.empty((N, H, W, C), dout.dtype)
             kernel = compiled_kernels().maxpool2x2_backward
-            over_batch(lambda b0, b1: kernel(first[b0:b1], d[b0:b1], dx[b0:b1]), N, dx.size)
+            self._over(lambda b0, b1: kernel(first[b0:b1], d[b0:b1], dx[b0:b1]), N, dx.size)
             self.first = None
             return _nchw(dx)
         # Windows that tile the (padded) input, like 2x2 with stride 2, touch every input once:
@@ -587,7 +598,7 @@ class MaxPool2d(_Pool2d):
                     else:
                         dx[window] += d * hit
 
-        over_batch(route, N, dxp.size)
+        self._over(route, N, dxp.size)
         self.xp = self.out = None
         return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
 
@@ -599,8 +610,8 @@ class AvgPool2d(_Pool2d):
     that lies beyond the right padding, exactly as PyTorch does.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
-        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, execution: Execution | None = None):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode, execution)
 
     def _divisor(self, H, W, Ho, Wo, dtype):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -637,15 +648,15 @@ class AvgPool2d(_Pool2d):
 
 
 # ----------------------------------------------------------------------------- activations
-def _elementwise(fn, *arrays):
-    """fn(*slices, out=slice) over batch ranges in parallel; out has the shape and memory
-    layout of arrays[0]."""
+def _elementwise(fn, *arrays, threads: int):
+    """fn(*slices, out=slice) over batch ranges in parallel on `threads`; out has the shape and
+    memory layout of arrays[0]."""
     out = np.empty_like(arrays[0])
 
     def run(b0, b1):
         fn(*(a[b0:b1] for a in arrays), out=out[b0:b1])
 
-    over_batch(run, len(out), out.size)
+    over_batch(run, len(out), out.size, threads=threads)
     return out
 
 
@@ -664,22 +675,22 @@ class ReLU(Layer):
     """max(x, 0), element-wise; any shape."""
 
     def forward(self, x):
-        self.out = _elementwise(lambda a, out: np.maximum(a, 0, out=out), x)
+        self.out = _elementwise(lambda a, out: np.maximum(a, 0, out=out), x, threads=self.execution.threads)
         return self.out
 
     def backward(self, dout):
-        return _elementwise(_relu_backward, dout, self.out)
+        return _elementwise(_relu_backward, dout, self.out, threads=self.execution.threads)
 
 
 class Tanh(Layer):
     """tanh, element-wise; any shape. Seed: h = tanh(h~), and dh/dh~ = 1 - tanh^2(h~)."""
 
     def forward(self, x):
-        self.out = _elementwise(lambda a, out: np.tanh(a, out=out), x)
+        self.out = _elementwise(lambda a, out: np.tanh(a, out=out), x, threads=self.execution.threads)
         return self.out
 
     def backward(self, dout):
-        return _elementwise(_tanh_backward, dout, self.out)
+        return _elementwise(_tanh_backward, dout, self.out, threads=self.execution.threads)
 
 
 class Sigmoid(Layer):
@@ -709,8 +720,8 @@ class Dropout(Layer):
     scale the rest by 1/(1-p); identity in eval mode. Masks come from `self.rng`, a
     numpy Generator the owner sets (Sequential.set_rng)."""
 
-    def __init__(self, p=0.5):
-        super().__init__()
+    def __init__(self, p=0.5, execution: Execution | None = None):
+        super().__init__(execution)
         self.p = float(p)
         self.rng = np.random.default_rng(0)
 
@@ -731,14 +742,15 @@ class _BatchNorm(Layer):
     batch statistics in training (biased variance to normalize, unbiased for the running
     estimate), running statistics in eval; running = (1 - momentum) * running + momentum * batch.
 
-    In training, where Numba is installed (`use_compiled`), the compiled kernels of compiled.py
+    In training, where Numba is installed and the execution allows them (`execution.compiled`),
+    the compiled kernels of compiled.py
     run on C-contiguous rows: a few whole passes instead of the NumPy reference's many, with the
     per-channel sums in float64 (so equal to the reference to rounding, not to the bit)."""
 
-    use_compiled = True  # class-wide; tests set it per layer to compare with the NumPy reference
+    has_compiled_kernels = True
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
-        super().__init__()
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32, execution: Execution | None = None):
+        super().__init__(execution)
         self.eps, self.momentum = float(eps), float(momentum)
         self.params["weight"] = np.ones(num_features, dtype)
         self.params["bias"] = np.zeros(num_features, dtype)
@@ -754,10 +766,10 @@ class _BatchNorm(Layer):
         if not self.training:
             scale = gamma / np.sqrt(self.buffers["running_var"] + self.eps)
             shift = beta - self.buffers["running_mean"] * scale
-            over_batch(lambda r0, r1: np.add(x[r0:r1] * scale, shift, out=out[r0:r1]), M, x.size)
+            self._over(lambda r0, r1: np.add(x[r0:r1] * scale, shift, out=out[r0:r1]), M, x.size)
             self.centered, self.inv_std, self.eval_scale, self.mean = None, None, scale, None
             return out
-        kernels = compiled_kernels() if self.use_compiled and x.flags.c_contiguous else None
+        kernels = compiled_kernels() if self.execution.compiled and x.flags.c_contiguous else None
         if kernels is not None:
             return self._forward_compiled(x, out, kernels)
         # Element-wise work on rows of k*C numbers ("wide"), with the per-channel vectors tiled
@@ -765,7 +777,7 @@ class _BatchNorm(Layer):
         k = _widening(M, C)
         xw, outw = x.reshape(M // k, k * C), out.reshape(M // k, k * C)
         centered = self._scratch("_centered", xw.shape, x.dtype)
-        mean = _fold(ordered_sum(over_batch(lambda r0, r1: _column_sums(xw[r0:r1]), len(xw), x.size)), C) / M
+        mean = _fold(ordered_sum(self._over(lambda r0, r1: _column_sums(xw[r0:r1]), len(xw), x.size)), C) / M
         mean_w = np.tile(mean, k)
 
         def center(r0, r1):
@@ -775,7 +787,7 @@ class _BatchNorm(Layer):
                 total = total + _column_sums(np.square(centered[c0:c1]))
             return total
 
-        var = _fold(ordered_sum(over_batch(center, len(xw), x.size)), C) / M  # biased: used to normalize
+        var = _fold(ordered_sum(self._over(center, len(xw), x.size)), C) / M  # biased: used to normalize
         inv_std = 1 / np.sqrt(var + self.eps)
         scale_w, beta_w = np.tile(gamma * inv_std, k), np.tile(beta, k)
 
@@ -783,7 +795,7 @@ class _BatchNorm(Layer):
             np.multiply(centered[r0:r1], scale_w, out=outw[r0:r1])
             outw[r0:r1] += beta_w
 
-        over_batch(normalize, len(xw), x.size)
+        self._over(normalize, len(xw), x.size)
         self._update_running(mean, var, M)
         # Backward needs xhat = centered * inv_std; keeping the centered values saves a pass.
         self.centered, self.inv_std, self.mean = centered, inv_std, None
@@ -792,12 +804,12 @@ class _BatchNorm(Layer):
     def _forward_compiled(self, x, out, kernels):
         """The training forward by compiled.py's kernels: sums, centered squares, normalize."""
         M, dtype = len(x), x.dtype
-        mean64 = ordered_sum(over_batch(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1]), M, x.size)) / M
-        var64 = ordered_sum(over_batch(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1], mean64), M, x.size)) / M
+        mean64 = ordered_sum(self._over(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1]), M, x.size)) / M
+        var64 = ordered_sum(self._over(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1], mean64), M, x.size)) / M
         mean, var = mean64.astype(dtype), var64.astype(dtype)
         inv_std = 1 / np.sqrt(var + self.eps)
         scale, beta = self.params["weight"] * inv_std, self.params["bias"]
-        over_batch(lambda r0, r1: kernels.batchnorm_normalize(x[r0:r1], mean, scale, beta, out[r0:r1]), M, x.size)
+        self._over(lambda r0, r1: kernels.batchnorm_normalize(x[r0:r1], mean, scale, beta, out[r0:r1]), M, x.size)
         self._update_running(mean, var, M)
         # Backward recomputes x - mean from x (kept in x2d), which costs less than storing it.
         self.centered, self.inv_std, self.mean = None, inv_std, mean
@@ -832,7 +844,7 @@ class _BatchNorm(Layer):
                 dcentered = dcentered + _column_sums(dout_w[c0:c1] * centered[c0:c1])
             return dbeta, dcentered
 
-        parts = over_batch(sums, len(dout_w), dout.size)
+        parts = self._over(sums, len(dout_w), dout.size)
         dbeta = _fold(ordered_sum([p[0] for p in parts]), C)
         dgamma = _fold(ordered_sum([p[1] for p in parts]), C) * inv_std
         self._set_grad("bias", [dbeta])
@@ -852,7 +864,7 @@ class _BatchNorm(Layer):
                 d *= scale_w
                 d -= shift_w
 
-        over_batch(run, len(dout_w), dout.size)
+        self._over(run, len(dout_w), dout.size)
         self.centered = None
         return dx.reshape(M, C)
 
@@ -860,7 +872,7 @@ class _BatchNorm(Layer):
         """The training backward by compiled.py's kernels (the same formula as _backward_2d)."""
         kernels, x, mean, inv_std = compiled_kernels(), self.x2d, self.mean, self.inv_std
         d, (M, C), dtype = np.ascontiguousarray(dout), dout.shape, dout.dtype
-        parts = over_batch(lambda r0, r1: kernels.batchnorm_backward_sums(x[r0:r1], mean, d[r0:r1]), M, d.size)
+        parts = self._over(lambda r0, r1: kernels.batchnorm_backward_sums(x[r0:r1], mean, d[r0:r1]), M, d.size)
         dbeta = ordered_sum([p[0] for p in parts]).astype(dtype)
         dgamma = ordered_sum([p[1] for p in parts]).astype(dtype) * inv_std
         self._set_grad("bias", [dbeta])
@@ -868,7 +880,7 @@ class _BatchNorm(Layer):
         scale = self.params["weight"] * inv_std
         shift, xhat_factor = scale * dbeta / M, inv_std * dgamma / M
         dx = np.empty((M, C), dtype)
-        over_batch(lambda r0, r1: kernels.batchnorm_backward_dx(x[r0:r1], mean, d[r0:r1], xhat_factor, scale, shift,
+        self._over(lambda r0, r1: kernels.batchnorm_backward_dx(x[r0:r1], mean, d[r0:r1], xhat_factor, scale, shift,
                                                                 dx[r0:r1]), M, d.size)
         self.mean = None
         return dx

@@ -6,6 +6,7 @@ import numpy as np
 
 from mlp_cli.nn import init as initializers
 from mlp_cli.nn import layers as L
+from mlp_cli.nn.execution import Execution
 
 LAYERS = {
     "Linear": L.Linear, "Conv2d": L.Conv2d, "MaxPool2d": L.MaxPool2d, "AvgPool2d": L.AvgPool2d,
@@ -121,16 +122,21 @@ def _execution_order(layers: list[L.Layer]) -> list[int]:
 
 
 def build(architecture: list[dict], *, rng: np.random.Generator | None = None, weight_init: str = "default",
-          init_std: float | None = None, bias_init: str = "default", dtype=np.float32) -> Sequential:
+          init_std: float | None = None, bias_init: str = "default", dtype=np.float32,
+          execution: Execution | None = None) -> Sequential:
     """Build a Sequential from an architecture (PyTorch-vocabulary dicts, see docs/design.md),
-    initializing Linear and Conv2d weights with `weight_init` and biases with `bias_init`."""
+    initializing Linear and Conv2d weights with `weight_init` and biases with `bias_init`.
+    Every layer runs as `execution` says (default: Execution(), the fast engine on one thread)."""
     rng = rng if rng is not None else np.random.default_rng(0)
+    execution = execution if execution is not None else Execution()
     layers = []
     for spec in architecture:
         spec = dict(spec)
         kind = spec.pop("type")
         cls = LAYERS[kind]
-        layer = cls(**spec, dtype=dtype) if kind in _TAKES_DTYPE else cls(**spec)
+        if kind in _TAKES_DTYPE:
+            spec["dtype"] = dtype
+        layer = cls(**spec, execution=execution)
         if kind in ("Linear", "Conv2d"):
             w = layer.params["weight"]
             w[...] = initializers.init_weight(w.shape, weight_init, rng, dtype, init_std)

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from mlp_cli.nn import compiled_kernels
+from mlp_cli.nn.execution import Execution
 
 __all__ = [
     "sgd_update", "adam_update", "adamw_update",
@@ -172,7 +173,8 @@ class Optimizer:
     is the config's lr, the schedule's starting point.
     """
 
-    def __init__(self, cfg_optim):
+    def __init__(self, cfg_optim, execution: Execution | None = None):
+        self.execution = execution if execution is not None else Execution()
         name = cfg_optim.name
         if name not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
@@ -234,7 +236,7 @@ class Optimizer:
                 return False
             self._flat = (*flat, state, np.empty_like(flat[0]))
         flat_params, flat_grads, state, scratch = self._flat
-        kernels = compiled_kernels()
+        kernels = compiled_kernels() if self.execution.compiled else None
         if kernels is not None and state.get("momentum_buffer") is not None:  # one compiled pass, same bits
             kernels.sgd_momentum_update(flat_params, flat_grads, state["momentum_buffer"], lr=lr,
                                         momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)

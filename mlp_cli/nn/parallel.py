@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,37 +20,27 @@ import numpy as np
 MIN_PARALLEL_SIZE = 1 << 16
 
 
-@functools.cache  # asked for by every layer call: read the environment once per process
-def thread_count() -> int:
-    env = os.environ.get("MLP_CLI_THREADS")
-    return max(1, int(env)) if env else max(1, min(os.cpu_count() or 1, 8))
-
-
-_pool: ThreadPoolExecutor | None = None
 _blas_single_threaded = False  # set while single_threaded_blas() is active
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=thread_count() - 1, thread_name_prefix="mlp-cli")
-    return _pool
+@functools.cache  # one pool per size, made on first use: a resource, not a setting
+def _executor(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlp-cli")
 
 
-def over_batch(fn, n: int, size: int, uses_blas: bool = False) -> list:
-    """Call fn(start, stop) on contiguous ranges covering [0, n), in parallel when worth it,
-    and return the results in range order.
+def over_batch(fn, n: int, size: int, uses_blas: bool = False, *, threads: int) -> list:
+    """Call fn(start, stop) on contiguous ranges covering [0, n), in parallel on `threads`
+    threads (the layer's Execution.threads) when worth it, and return the results in range order.
 
     `size` is the number of elements the whole job touches, used to skip threads for small jobs.
     A job with matrix products (`uses_blas`) runs in one piece unless BLAS is single-threaded,
     since BLAS's own threads already use the cores.
     """
-    threads = thread_count()
     if threads == 1 or n < 2 or size < MIN_PARALLEL_SIZE or (uses_blas and not _blas_single_threaded):
         return [fn(0, n)]
     parts = min(threads, n)
     bounds = [n * k // parts for k in range(parts + 1)]
-    futures = [_executor().submit(fn, bounds[k], bounds[k + 1]) for k in range(1, parts)]
+    futures = [_executor(threads - 1).submit(fn, bounds[k], bounds[k + 1]) for k in range(1, parts)]
     first = fn(bounds[0], bounds[1])  # this thread takes the first range
     return [first] + [f.result() for f in futures]
 
