@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli.nn import bandconv, compiled_kernels, convcost
+from mlp_cli.nn import bandconv, compiled_kernels, convcost, parallel
 from mlp_cli.nn.dftconv import DFTConv, mix
 from mlp_cli.nn.execution import Execution
 from mlp_cli.nn.parallel import ordered_sum, over_batch
@@ -38,8 +38,8 @@ def _nchw(x: np.ndarray) -> np.ndarray:
 
 BLOCK_IMAGES = 8  # images per im2col/col2im block: a block's columns fit in a core's cache
 BLOCK_BYTES = 1 << 22  # at least this much of a block's copied rows: fewer, longer NumPy calls
-# Below this many images a thread, the DFT convolution's weight gradient is split by frequencies
-# instead of by batch ranges (Conv2d._backward_dft).
+# Below this many images a block (parallel.BLOCKS of the batch), the DFT convolution's weight
+# gradient is split by frequencies instead of by batch blocks (Conv2d._backward_dft).
 FREQUENCY_SPLIT_BELOW = 32
 
 
@@ -281,9 +281,9 @@ class Conv2d(Layer):
         transpose of a forward step, in reverse order.
 
         The weight gradient is a product per frequency over the batch. With many images per
-        thread each thread takes a range of the batch and does every step on it while it is in
-        cache, and the per-thread (Q, 2C, 2F) partial gradients are added; with few (batch 32)
-        adding those costs more than the products, so threads take ranges of frequencies instead."""
+        block each block of the batch goes through every step while it is in cache, and the
+        per-block (Q, 2C, 2F) partial gradients are added; with few (batch 32) adding those costs
+        more than the products, so the blocks are ranges of frequencies instead."""
         plan, spectrum, (N, H, W, C) = self.plan, self.spectrum, self.in_shape
         F, Q = dh.shape[3], plan.frequencies
         dmixed = self._scratch("_mixed", (N, Q, 2 * F), dh.dtype)
@@ -303,7 +303,7 @@ class Conv2d(Layer):
             mix(dmixed[b0:b1], block_t, spectrum[b0:b1])
             plan.to_frequency_transposed(spectrum[b0:b1], dx[b0:b1])
 
-        if N >= FREQUENCY_SPLIT_BELOW * self.execution.threads:
+        if N >= FREQUENCY_SPLIT_BELOW * parallel.BLOCKS:  # by the blocks, not the threads: the same on any
             def run(b0, b1):
                 bias_part = to_mixed(b0, b1)
                 weight_part = block_grad(b0, b1)
