@@ -1,4 +1,4 @@
-"""The DFT convolution (nn/dftconv.py) against its reference, im2col, and against PyTorch."""
+"""The DFT convolution (nn/conv/dft.py) against its reference, im2col, and against PyTorch."""
 
 import numpy as np
 import pytest
@@ -55,7 +55,7 @@ def test_dft_gradients_by_finite_differences(conv, shape):
     for p in layer.params.values():
         p[...] = rng.standard_normal(p.shape)
     checks = check_layer(layer, rng.standard_normal(shape))
-    assert checks and layer.plan is not None
+    assert checks and layer.algorithm.name == "dft"
     for c in checks:
         assert c.error <= 1e-6, f"{c.name}: {c.error:.2e}"
 
@@ -79,17 +79,17 @@ def test_auto_takes_the_dft_only_where_it_pays():
     x = np.zeros((2, 32, 16, 16), np.float32)
     conv2 = L.Conv2d(32, 64, 5, padding=2)
     conv2.forward(x)
-    assert conv2.plan is not None  # the CIFAR net's conv2: 0.28x the multiply-adds
+    assert conv2.algorithm.name == "dft"  # the CIFAR net's conv2: 0.28x the multiply-adds
     strided = L.Conv2d(32, 64, 5, stride=2, padding=2)
     strided.forward(x)
-    assert strided.plan is None  # the DFT computes every output: stride 1 only
+    assert strided.algorithm.name != "dft"  # the DFT computes every output: stride 1 only
     first = L.Conv2d(3, 32, 5, padding=2)
     first.needs_input_grad = False  # a first layer skips col2im, im2col's costly half
     first.forward(np.zeros((2, 3, 32, 32), np.float32))
-    assert first.plan is None
+    assert first.algorithm.name != "dft"
     large = L.Conv2d(16, 32, 3, padding=1)
     large.forward(np.zeros((1, 16, 96, 96), np.float32))
-    assert large.plan is None  # a DFT by matrix products costs O(size) per pixel
+    assert large.algorithm.name != "dft"  # a DFT by matrix products costs O(size) per pixel
 
 
 @pytest.mark.parametrize("threads", [2, 3])
