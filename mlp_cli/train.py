@@ -464,13 +464,14 @@ def _epochs(run: RunDir, cfg: Config, state: State, console: Console, on_epoch, 
     from mlp_cli import data
     from mlp_cli.evaluate import checkpoint_result, evaluate, metrics_from_logits, predict
     from mlp_cli.nn import warm_up_compiled
-    from mlp_cli.nn.losses import softmax_cross_entropy
+    from mlp_cli.nn.losses import loss_function
     from mlp_cli.nn.optim import Optimizer, ema_update, lr_at
     from mlp_cli.nn.parallel import single_threaded_blas
 
     input_shape, infos = check_network(cfg)
     architecture = shapes.architecture(infos)
     run_dir = run.path
+    softmax_cross_entropy = loss_function(execution)  # the engine's
 
     # All three splits before the first epoch: a problem with the test data must not wait for the end.
     splits = data.load_splits(cfg.data, cfg.seed, ("train", "val", "test"))

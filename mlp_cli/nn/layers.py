@@ -300,6 +300,10 @@ class MaxPool2d(_Pool2d):
             np.copyto(found, k, where=(found < 0) & (self.xp[window] == self.out))
         return found
 
+    def kinks(self):
+        """Where each window's gradient went in the last forward (what gradcheck watches)."""
+        return self.argmax_offsets()
+
     def _compiled_applies(self, H, W) -> bool:
         return (self.execution.compiled and self.kernel_size == (2, 2) and self.stride == (2, 2)
                 and self.padding == (0, 0) and self.dilation == (1, 1) and H % 2 == 0 and W % 2 == 0
@@ -425,6 +429,10 @@ class ReLU(Layer):
 
     def backward(self, dout):
         return _elementwise(_relu_backward, dout, self.out, threads=self.execution.threads)
+
+    def kinks(self):
+        """Which inputs were above zero in the last forward (what gradcheck watches)."""
+        return self.out > 0
 
 
 class Tanh(Layer):
