@@ -248,15 +248,9 @@ def as_json(result: LRFindResult) -> dict:
 def draw(result: LRFindResult, path, title: str = ""):
     """The smoothed loss (and, faintly, each batch's) against the rate on a log axis, the
     suggestion marked; written atomically in the format the extension names. Returns the path."""
-    from pathlib import Path
+    from mlp_cli.pictures import new_figure, save_figure
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from mlp_cli.files import write_atomic
-
-    fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(7, 4.5)
     ax = fig.add_subplot()
     lrs, losses = np.asarray(result.lrs), np.asarray(result.losses)
     ax.plot(lrs, result.raw_losses, color="#bbbbbb", linewidth=0.8, label="loss of the batch")
@@ -279,10 +273,4 @@ def draw(result: LRFindResult, path, title: str = ""):
     ax.set_title(title or "learning-rate range test")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
-    path = Path(path)
-    fmt = path.suffix[1:].lower() or "png"
-    try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, facecolor="white"))
-    finally:
-        fig.clear()
-    return path
+    return save_figure(fig, path)

@@ -25,7 +25,7 @@ from mlp_cli.selection import best_row
 _TWO = ("#2166ac", "#b2182b")
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -34,7 +34,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path) -> Path:
     """Write in the format the file name says (curves.png, ladder.pdf, ...)."""
     from mlp_cli.files import write_atomic
 
@@ -89,7 +89,7 @@ def draw_curves(metrics: list[dict], path, title: str = "") -> Path:
     epochs = _values(metrics, "epoch")
     few = len(epochs) <= 40
     marker = dict(marker="o", markersize=3.5) if few else {}
-    fig = _figure(15, 4.4)
+    fig = new_figure(15, 4.4)
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 0.7]})
     fig.suptitle(f"{title}: training curves ({len(epochs)} epoch{'s' * (len(epochs) != 1)})" if title
                  else "training curves", fontsize=13, fontweight="bold")
@@ -131,7 +131,7 @@ def draw_curves(metrics: list[dict], path, title: str = "") -> Path:
         v = finite[0]
         ax_lr.set_ylim(0, 2 * v if v > 0 else 1)
         ax_lr.text(0.5, 0.55, f"constant {v:g}", transform=ax_lr.transAxes, ha="center", color="tab:green")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- confusion.png
@@ -149,7 +149,7 @@ def draw_confusion(confusion, classes, path, title: str = "", split: str = "test
     accuracy = correct / n if n else float("nan")
 
     side = min(22.0, max(6.5, 0.55 * k + 3.0))
-    fig = _figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap=_cmap("Blues"), vmin=0, vmax=1, interpolation="nearest")
     from matplotlib.ticker import PercentFormatter
@@ -178,7 +178,7 @@ def draw_confusion(confusion, classes, path, title: str = "", split: str = "test
                     text += f"\n({counts[i, j]:,})"
                 ax.text(j, i, text, ha="center", va="center", fontsize=size,
                         color="white" if norm[i, j] > 0.55 else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- boundary.png
@@ -223,7 +223,7 @@ def draw_boundary(model, path, *, train=None, test=None, classes=None, normaliza
     classes = [str(c) for c in classes] if classes is not None and len(classes) == k else [str(i) for i in range(k)]
     colours = list(_TWO) if k == 2 else [_cmap("tab10" if k <= 10 else "tab20")(i % 20) for i in range(k)]
 
-    fig = _figure(8.6, 7.2)
+    fig = new_figure(8.6, 7.2)
     ax = fig.add_subplot()
     if k == 2:
         p1 = probs[:, 1].reshape(gx.shape)
@@ -272,7 +272,7 @@ def draw_boundary(model, path, *, train=None, test=None, classes=None, normaliza
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.set_aspect("equal")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _xy(split):
@@ -300,7 +300,7 @@ def draw_filters(weight: np.ndarray, path, title: str = "") -> Path:
     cols = f if f <= 8 else min(16, math.ceil(math.sqrt(f * 2)))
     rows = math.ceil(f / cols)
     cell = 1.25 if f > 16 else 1.6
-    fig = _figure(max(5.0, cols * cell), rows * cell + 1.1)
+    fig = new_figure(max(5.0, cols * cell), rows * cell + 1.1)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     colour = c == 3
     for i, ax in enumerate(axes):
@@ -318,7 +318,7 @@ def draw_filters(weight: np.ndarray, path, title: str = "") -> Path:
     how = "RGB" if colour else ("gray levels" if c == 1 else f"gray levels of the mean over {c} input channels")
     heading = f"{title}: first-layer filters" if title else "first-layer filters"
     fig.suptitle(f"{heading}\n{f} filters of {c}x{kh}x{kw} ({how}; each scaled to its own min..max)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- errors.png
@@ -336,16 +336,16 @@ def draw_errors(images: np.ndarray, labels: np.ndarray, logits: np.ndarray, clas
     chosen = wrong[np.argsort(-loss[wrong], kind="stable")][:rows * cols]
     heading = f"{title}: worst test errors" if title else "worst test errors"
     if not len(wrong):
-        fig = _figure(8, 1.6)
+        fig = new_figure(8, 1.6)
         fig.suptitle(heading, fontsize=11)
         fig.text(0.5, 0.4, f"no misclassified image among the {len(labels):,} test images", ha="center",
                  va="center", fontsize=12)
-        return _save(fig, path)
+        return save_figure(fig, path)
     rows = min(rows, math.ceil(len(chosen) / cols))
     cols = min(cols, len(chosen))
     longest = max(len(classes[labels[i]]) + len(classes[pred[i]]) for i in chosen)
     two_lines = longest > 14
-    fig = _figure(max(6.0, cols * 2.1), rows * (2.35 if two_lines else 2.2) + 0.8)
+    fig = new_figure(max(6.0, cols * 2.1), rows * (2.35 if two_lines else 2.2) + 0.8)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes:
         ax.set_axis_off()
@@ -361,7 +361,7 @@ def draw_errors(images: np.ndarray, labels: np.ndarray, logits: np.ndarray, clas
     sub = (f"the {len(chosen)} misclassified test images with the highest loss "
            f"({len(wrong):,} errors in {len(labels):,} images)")
     fig.suptitle(f"{heading}\n{sub}", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- report --plot
@@ -372,7 +372,7 @@ def draw_validation_overlay(curves, path, title: str | None = None) -> Path:
     (or None to take the first maximum)."""
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    fig = _figure(10, 6)
+    fig = new_figure(10, 6)
     ax = fig.add_subplot()
     longest = max((len(c[1]) for c in curves), default=0)
     for i, (name, epochs, accs, *best_epoch) in enumerate(curves):
@@ -390,7 +390,7 @@ def draw_validation_overlay(curves, path, title: str | None = None) -> Path:
     ax.set_title(title or f"validation accuracy of {len(curves)} run{'s' * (len(curves) != 1)}", fontsize=13)
     if curves:
         ax.legend(loc="lower right", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- a whole run
@@ -449,7 +449,7 @@ def draw_sweep(curves, points: dict, path, *, metric_label: str = "best validati
     (strings, lists, booleans) as categories in their order of first appearance."""
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    fig = _figure(6.5 + 4 * len(points), 4.8)
+    fig = new_figure(6.5 + 4 * len(points), 4.8)
     axes = fig.subplots(1, 1 + len(points), squeeze=False)[0]
     ax = axes[0]
     for name, epochs, accs, status in curves:
@@ -480,4 +480,4 @@ def draw_sweep(curves, points: dict, path, *, metric_label: str = "best validati
         if percent:
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

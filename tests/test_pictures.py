@@ -27,7 +27,7 @@ METRICS = [  # as train.fit keeps them: strings, formatted as in metrics.csv
 def figures(monkeypatch):
     """Capture each figure just before it is saved (still drawn on), keyed by file name."""
     seen = {}
-    real_save = pictures._save
+    real_save = pictures.save_figure
 
     def spy(fig, path):
         seen[path.name] = {
@@ -39,7 +39,7 @@ def figures(monkeypatch):
         }
         return real_save(fig, path)
 
-    monkeypatch.setattr(pictures, "_save", spy)
+    monkeypatch.setattr(pictures, "save_figure", spy)
     return seen
 
 

@@ -133,14 +133,14 @@ def test_formats(five):
 
 def test_plot_writes_one_png_with_one_curve_per_run(five, tmp_path, monkeypatch):
     seen = []
-    real_save = pictures._save
+    real_save = pictures.save_figure
 
     def spy(fig, path):
         ax = fig.axes[0]
         seen.append(([line.get_label() for line in ax.lines], [list(line.get_ydata()) for line in ax.lines]))
         return real_save(fig, path)
 
-    monkeypatch.setattr(pictures, "_save", spy)
+    monkeypatch.setattr(pictures, "save_figure", spy)
     png = tmp_path / "ladder.png"
     result = run_report(*five, "--plot", png)
     assert result.exit_code == 0, result.output

@@ -42,3 +42,13 @@ def column_sums(a: np.ndarray) -> np.ndarray:
     """(M, C) -> (C,): a matrix-vector product, which streams the rows far faster than
     a.sum(axis=0) does for a few dozen columns."""
     return np.ones(len(a), a.dtype) @ a
+
+
+def scratch(owner, name: str, shape, dtype, zero: bool = False) -> np.ndarray:
+    """A buffer `owner` keeps between calls under `name` (never handed out), so big arrays are not
+    re-allocated and page-faulted in every step. A zeroed buffer stays zero where it is never written."""
+    buf = owner.__dict__.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        owner.__dict__[name] = buf
+    return buf

@@ -21,6 +21,7 @@ from mlp_cli.nn.arrays import column_sums as _column_sums
 from mlp_cli.nn.arrays import nchw as _nchw
 from mlp_cli.nn.arrays import nhwc as _nhwc
 from mlp_cli.nn.arrays import pair as _pair
+from mlp_cli.nn.arrays import scratch
 from mlp_cli.nn.arrays import window as _window
 from mlp_cli.nn.conv import band, cost, dft, im2col
 from mlp_cli.nn.execution import Execution
@@ -68,13 +69,7 @@ class Layer:
         return grad
 
     def _scratch(self, name, shape, dtype, zero=False):
-        """A buffer kept between calls (never handed out), so big arrays are not re-allocated
-        and page-faulted in every step. A zeroed buffer stays zero where it is never written."""
-        buf = self.__dict__.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-            self.__dict__[name] = buf
-        return buf
+        return scratch(self, name, shape, dtype, zero)
 
 
 # ----------------------------------------------------------------------------- Linear

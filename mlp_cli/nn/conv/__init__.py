@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlp_cli.nn.arrays import scratch
 from mlp_cli.nn.parallel import over_batch
 from mlp_cli.shapes import conv_output_size
 
@@ -52,13 +53,7 @@ class Algorithm:
         return over_batch(fn, n, size, uses_blas, threads=self.threads)
 
     def _scratch(self, name, shape, dtype, zero=False):
-        """A buffer kept between calls (never handed out), so big arrays are not re-allocated
-        and page-faulted in every step. A zeroed buffer stays zero where it is never written."""
-        buf = self.__dict__.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-            self.__dict__[name] = buf
-        return buf
+        return scratch(self, name, shape, dtype, zero)
 
     def output_size(self, h, w):
         return tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
