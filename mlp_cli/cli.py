@@ -543,9 +543,9 @@ def explain(config_path, fmt, batch, overrides):
     click.echo(ex.FORMATS[fmt](result))
     bad = ex.failures(result)
     if bad:
-        layer, eq = bad[0]
-        fail(f"{len(bad)} backward equation{'s' * (len(bad) != 1)} disagree with central differences; the first: "
-             f"{eq['name']} of layer {layer} (relative error {eq['rel_error']:.1e} > {ex.THRESHOLD:g})", EXIT_RUNTIME)
+        where, eq = bad[0]
+        fail(f"{len(bad)} of the backward equations disagree{'s' * (len(bad) == 1)} with central differences; the first: "
+             f"{eq['name']} in {where} (relative error {eq['rel_error']:.1e} > {ex.THRESHOLD:g})", EXIT_RUNTIME)
 
 
 # ----------------------------------------------------------------------------- lr-find

@@ -30,8 +30,9 @@ from mlp_cli.nn import reference as ref
 
 THRESHOLD = 1e-6  # gradcheck's default threshold
 SCALE_FLOOR = 1e-3  # gradcheck.SCALE_FLOOR: a zero gradient is checked to an absolute 1e-9
-SAMPLES = 20  # entries checked per tensor
+SAMPLES = 12  # entries checked per tensor (gradcheck's default), besides one direction over all
 STEP = 1e-6  # central differences' h, as gradcheck
+BN1D_BATCH = 4  # the fewest examples a BatchNorm1d check runs on (see explain())
 
 
 # ----------------------------------------------------------------------------- symbols
@@ -261,7 +262,7 @@ def _batchnorm(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     g = a.grad
     return [
         _eq("batch statistics", f"μ_c = mean over ({over}) of {x.text}, σ²_c = biased variance, per channel c < {C}"
-                                f" (m = {m} values each, training mode)",
+                                f" (m = {m} values each in the check, training mode)",
             rf"\mu_c = \frac{{1}}{{m}} \sum_{{{over}}} {x.latex}, \quad \sigma^2_c = \frac{{1}}{{m}} \sum_{{{over}}}"
             rf" ({x.latex} - \mu_c)^2, \quad m = {m}"),
         _eq("forward", f"x̂ = ({x.text} − μ)/√(σ² + {eps:g}),  {a.text} = {gm.text} ⊙ x̂ + {bt.text}     ({gm.text}, {bt.text}: {C})",
@@ -314,7 +315,9 @@ def _loss_eqs(logits: Sym, K: int, smoothing: float, N: int, practical: bool) ->
 
 # ----------------------------------------------------------------------------- numerical checks
 def _sampled_error(f: Callable[[], float], array: np.ndarray, analytic: np.ndarray, rng) -> float:
-    """gradcheck's relative error of `analytic` against central differences of f at sampled entries."""
+    """gradcheck's relative error of `analytic` against central differences of f: at SAMPLES random
+    entries, and along one random unit direction v (entries +-1/sqrt(m)) over the whole tensor, so
+    that an error confined to a few entries shows too. The larger of the two."""
     flat = array.reshape(-1)
     assert np.shares_memory(flat, array), "the checked arrays must be contiguous"
     idx = rng.choice(flat.size, min(SAMPLES, flat.size), replace=False)
@@ -329,14 +332,28 @@ def _sampled_error(f: Callable[[], float], array: np.ndarray, analytic: np.ndarr
         numeric[j] = (up - down) / (2 * STEP)
     a = np.asarray(analytic, dtype=np.float64).reshape(-1)
     scale = max(np.abs(a).max(initial=0.0), np.abs(numeric).max(initial=0.0), SCALE_FLOOR)
-    return float(np.abs(a[idx] - numeric).max(initial=0.0) / scale)
+    entry_error = float(np.abs(a[idx] - numeric).max(initial=0.0) / scale)
+    v = rng.choice(np.array([-1.0, 1.0]), size=flat.size) / np.sqrt(flat.size)
+    saved = flat.copy()
+    flat += STEP * v
+    up = f()
+    flat[:] = saved - STEP * v
+    down = f()
+    flat[:] = saved
+    along = (up - down) / (2 * STEP)
+    direction_error = abs(float(a @ v) - along) / max(scale, abs(along))
+    return max(entry_error, direction_error)
 
 
 def _input(shape, kind: str, rng) -> np.ndarray:
     """A random input whose entries keep away from kinks: ReLU's 0, max-pool ties (distinct values)."""
-    if kind == "MaxPool2d":  # values at least 0.005 apart, so no step of 1e-6 changes an argmax
-        return (rng.permutation(int(np.prod(shape))).reshape(shape) + rng.uniform(0, 0.5, shape)) * 0.01
+    if kind == "MaxPool2d":  # distinct values at least 5e-5 apart, so no step of 1e-6 changes an argmax,
+        size = int(np.prod(shape))  # and within about [0, 5], so that rounding in f stays far below h
+        spacing = max(min(1e-2, 5 / size), 1e-4)
+        return (rng.permutation(size).reshape(shape) + rng.uniform(0, 0.5, shape)) * spacing
     x = rng.standard_normal(shape)
+    if kind in ("BatchNorm1d", "BatchNorm2d"):  # examples 4 apart: a variance of two close values
+        x += 4 * np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))  # would amplify rounding
     if kind == "ReLU":
         x[np.abs(x) < 0.01] += 0.1
     return x
@@ -419,10 +436,13 @@ def explain(input_shape, layer_specs, *, batch: int = 2, label_smoothing: float 
     practical = is_practical(infos)
     layers = []
     for k, info in enumerate(infos):
-        ctx = {"N": batch, "last": k == len(infos) - 1}
+        # BatchNorm1d on 2 examples gives x^ = +-1 whatever x: its input gradient vanishes and the
+        # check would measure rounding only, so it is checked on BN1D_BATCH examples at least.
+        n = max(batch, BN1D_BATCH) if info.type == "BatchNorm1d" else batch
+        ctx = {"N": n, "last": k == len(infos) - 1}
         eqs = BUILDERS[info.type](info, ins[k], outs[k], params[k], ctx)
         layers.append(_entry(info.name, info.type, info.input_shape, info.output_shape, info.params, eqs,
-                             check_layer(info, batch, rng)))
+                             check_layer(info, n, rng)))
     K = infos[-1].output_shape[0] if infos and len(infos[-1].output_shape) == 1 else None
     if K is None:
         raise shapes.ShapeError("the loss needs flat class scores: end the network with {type: linear}")
@@ -447,8 +467,9 @@ def explain_config(cfg, *, batch: int = 2, seed: int = 0) -> dict:
 
 
 def failures(result: dict) -> list[tuple[str, dict]]:
-    """(layer name, equation) of every check above THRESHOLD (or not a number)."""
-    return [(layer["name"], eq) for layer in result["layers"] for eq in layer["equations"]
+    """(where: 'layer 4 (MaxPool2d)' or 'the loss', equation) of every check above THRESHOLD (or not a number)."""
+    return [(f"layer {k + 1} ({layer['type']})" if layer["name"] != "loss" else "the loss", eq)
+            for k, layer in enumerate(result["layers"]) for eq in layer["equations"]
             if eq["rel_error"] is not None and not eq["rel_error"] <= THRESHOLD]
 
 
