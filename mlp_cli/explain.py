@@ -181,7 +181,8 @@ def _size_eqs(info) -> list[dict]:
                            rf"\left\lceil \frac{{2 \cdot {p[i]} + {x} - {span}}}{{{s[i]}}} + 1 \right\rceil = {practical}"
                            rf" \neq {out} \text{{ (PyTorch)}}"))
         if (k[i], s[i], p[i], d[i], x) == (k[1 - i], s[1 - i], p[1 - i], d[1 - i], info.input_shape[2 - i]):
-            eqs[-1 if practical == out else -2]["name"] = "output H = W"
+            for eq in eqs:  # one axis stands for both
+                eq["name"] = eq["name"].replace("output H", "output H = W")
             break
     return eqs
 
