@@ -7,7 +7,9 @@ and at the end the softmax cross-entropy loss. Every backward equation is checke
 the reference engine's pair (mlp_cli/nn/reference.py) runs in float64 on a small random batch with
 a random upstream gradient G, and the gradient it returns is compared with central differences of
 sum(out * G) at up to SAMPLES entries per tensor, with gradcheck's relative error (the largest
-difference relative to the tensor's scale) and its threshold 1e-6.
+difference relative to the tensor's scale) and its threshold 1e-6. An equation that holds for a
+random G holds for the gradient the next layer sends back, so the expanded forms (the practical's
+grad W_y = (y^ - y) h^T / N, ...) carry the check of the layer's equation.
 
 For the practical's MNIST MLP (flatten, linear, tanh, linear) the symbols are the practical's own
 (x, h~, h, y~, y^, W_h, b_h, W_y, b_y); other nets are numbered: a^(k) is layer k's output (k from
@@ -142,10 +144,14 @@ ACTIVATIONS = {  # forward (text, latex), derivative (text, latex) in terms of t
 def _activation(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     (ft, fl), (dt, dl) = ACTIVATIONS[info.type]
     dims = _dims(info.input_shape)
-    return [_eq("forward", f"{a.text} = {ft.format(u=x.text)}     (element-wise, {dims[0]})",
-                rf"{a.latex} = {fl.format(u=x.latex)}, \qquad {a.latex} \in \mathbb{{R}}^{{{dims[1]}}}"),
-            _eq(f"gradient of {x.text}", f"{x.grad.text} = {dt.format(u=x.text)} ⊙ {a.grad.text}",
-                rf"{x.grad.latex} = {dl.format(u=x.latex)} \odot {a.grad.latex}", "x")]
+    eqs = [_eq("forward", f"{a.text} = {ft.format(u=x.text)}     (element-wise, {dims[0]})",
+               rf"{a.latex} = {fl.format(u=x.latex)}, \qquad {a.latex} \in \mathbb{{R}}^{{{dims[1]}}}"),
+           _eq(f"gradient of {x.text}", f"{x.grad.text} = {dt.format(u=x.text)} ⊙ {a.grad.text}",
+               rf"{x.grad.latex} = {dl.format(u=x.latex)} \odot {a.grad.latex}", "x")]
+    if ctx.get("practical") and info.type == "Tanh":  # the practical's chained form, through W_y to the loss
+        eqs.append(_eq(f"gradient of {x.text}, to the loss", f"{x.n.grad.text} = (1 − tanh²({x.n.text})) ⊙ W_yᵀ (ŷₙ − yₙ)/N",
+                       rf"{x.n.grad.latex} = (1 - \tanh^2({x.n.latex})) \odot W_y^\top \frac{{1}}{{N}}(\hat{{y}}_n - y_n)", "x"))
+    return eqs
 
 
 def _flatten(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
@@ -440,7 +446,7 @@ def explain(input_shape, layer_specs, *, batch: int = 2, label_smoothing: float 
         # BatchNorm1d on 2 examples gives x^ = +-1 whatever x: its input gradient vanishes and the
         # check would measure rounding only, so it is checked on BN1D_BATCH examples at least.
         n = max(batch, BN1D_BATCH) if info.type == "BatchNorm1d" else batch
-        ctx = {"N": n, "last": k == len(infos) - 1}
+        ctx = {"N": n, "last": k == len(infos) - 1, "practical": practical}
         eqs = BUILDERS[info.type](info, ins[k], outs[k], params[k], ctx)
         layers.append(_entry(info.name, info.type, info.input_shape, info.output_shape, info.params, eqs,
                              check_layer(info, n, rng)))

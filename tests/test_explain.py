@@ -187,3 +187,12 @@ def test_explain_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "none"
+
+
+def test_the_readme_shows_the_mnist_mlp_s_actual_markdown():
+    result = run("--config", CONFIGS / "mnist_mlp.yaml", "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    shown = result.stdout.replace("\n### ", "\n#### ").replace("### ", "#### ", 1)  # one level deeper in the README
+    readme = (ROOT / "README.md").read_text()
+    assert "## Explain: the derivation for your net\n" in readme
+    assert shown in readme, "README's Explain section is out of date: paste the output of explain --format markdown"
