@@ -100,6 +100,11 @@ def _eq(name: str, text: str, latex: str, check: str | None = None) -> dict:
     return {"name": name, "latex": latex, "text": text, "rel_error": None, "_check": check}
 
 
+def _base(latex: str) -> str:
+    """A LaTeX symbol ready for another superscript: W^{(3)} -> {W^{(3)}} (a double exponent is an error)."""
+    return f"{{{latex}}}" if "^" in latex else latex
+
+
 def _dims(shape) -> tuple[str, str]:
     text = "×".join(str(s) for s in shape)
     return text, r" \times ".join(str(s) for s in shape)
@@ -124,12 +129,12 @@ def _linear(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     if ctx["last"]:  # the layer right before the loss: dl/dy~_n = (y^_n - y_n)/N
         up_t, up_l = "(ŷₙ − yₙ)/N", r"\frac{1}{N}(\hat{y}_n - y_n)"
     eqs.append(_eq(f"gradient of {W.text}", f"{W.grad.text} = Σₙ {up_t} {x.n.text}ᵀ     ({M}×{D})",
-                   rf"{W.grad.latex} = \sum_n {up_l}\, {x.latex}_n^\top \in \mathbb{{R}}^{{{M} \times {D}}}", "W"))
+                   rf"{W.grad.latex} = \sum_n {up_l}\, {_base(x.n.latex)}^\top \in \mathbb{{R}}^{{{M} \times {D}}}", "W"))
     if bias:
         eqs.append(_eq(f"gradient of {b.text}", f"{b.grad.text} = Σₙ {up_t}     ({M})",
                        rf"{b.grad.latex} = \sum_n {up_l}", "b"))
     eqs.append(_eq(f"gradient of {x.text}", f"{x.n.grad.text} = {W.text}ᵀ {up_t}     ({D})",
-                   rf"{x.n.grad.latex} = {W.latex}^\top {up_l}", "x"))
+                   rf"{x.n.grad.latex} = {_base(W.latex)}^\top {up_l}", "x"))
     return eqs
 
 
@@ -193,6 +198,15 @@ def _size_eqs(info) -> list[dict]:
     return eqs
 
 
+def _k(k: int, var: str) -> str:
+    """k times an index: '2i', or 'i' for 1."""
+    return var if k == 1 else f"{k}{var}"
+
+
+def _div(expr: str, s: int) -> str:
+    return expr if s == 1 else f"({expr})/{s}"
+
+
 def _conv(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     W, b = p["W"], p["b"]
     C, H, Wd = info.input_shape
@@ -201,8 +215,9 @@ def _conv(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     (ph, pw), (dh, dw) = (shapes._pair(info.arch[key], key) for key in ("padding", "dilation"))
     bias = info.arch["bias"]
     wt, wl = _where([(W, [F, C, kh, kw]), (x, [C, H, Wd])] + ([(b, [F])] if bias else []) + [(a, [F, Ho, Wo])])
-    row_t, col_t = f"{sh}i + {dh}u", f"{sw}j + {dw}v"
-    xp = Sym(f"{x.text}ᵖ", rf"{x.latex}^{{\mathrm{{pad}}}}")
+    row_t, col_t = f"{_k(sh, 'i')} + {_k(dh, 'u')}", f"{_k(sw, 'j')} + {_k(dw, 'v')}"
+    back_y, back_z = _div(f"y − {_k(dh, 'u')}", sh), _div(f"z − {_k(dw, 'v')}", sw)
+    xp = Sym(f"{x.text}ᵖ", rf"{_base(x.latex)}^{{\mathrm{{pad}}}}")
     bt, bl = (f"{b.text}[f] + ", f"{b.latex}_f + ") if bias else ("", "")
     eqs = [_eq("forward", f"{a.text}[f,i,j] = {bt}Σ_c,u,v {W.text}[f,c,u,v] {xp.text}[c, {row_t}, {col_t}]     "
                           f"({xp.text}: {x.text} zero-padded by {ph}×{pw}; {wt})",
@@ -217,10 +232,10 @@ def _conv(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
         eqs.append(_eq(f"gradient of {b.text}", f"{b.grad.text}[f] = Σ_n,i,j {g.text}[n,f,i,j]",
                        rf"{b.grad.latex}_f = \sum_{{n,i,j}} {g.latex}_{{n,f,i,j}}", "b"))
     eqs.append(_eq(f"gradient of {x.text}",
-                   f"{xp.grad.text}[n,c,y,z] = Σ_f,u,v {W.text}[f,c,u,v] {g.text}[n,f,(y − {dh}u)/{sh},(z − {dw}v)/{sw}]"
+                   f"{xp.grad.text}[n,c,y,z] = Σ_f,u,v {W.text}[f,c,u,v] {g.text}[n,f,{back_y},{back_z}]"
                    f" over the integer positions inside {Ho}×{Wo}; {x.grad.text} = {xp.grad.text} without the padding",
                    rf"\frac{{\partial l}}{{\partial {xp.latex}_{{n,c,y,z}}}} = \sum_{{f,u,v}} {W.latex}_{{f,c,u,v}}\,"
-                   rf" {g.latex}_{{n,f,\,(y - {dh}u)/{sh},\,(z - {dw}v)/{sw}}}", "x"))
+                   rf" {g.latex}_{{n,f,\,{back_y.replace('−', '-')},\,{back_z.replace('−', '-')}}}", "x"))
     eqs.append(_eq(f"gradient of {x.text} as a convolution",
                    f"{x.grad.text} = crop_{ph}×{pw}( dilate_{sh}×{sw}({g.text}) ∗full rot180({W.text}) ), the full convolution of"
                    f" {g.text} (stride-dilated: {sh - 1}×{sw - 1} zeros between entries) with the kernel flipped in both"
@@ -234,8 +249,9 @@ def _pool(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     (kh, kw), (sh, sw), (ph, pw) = (shapes._pair(info.arch[key], key) for key in ("kernel_size", "stride", "padding"))
     dh, dw = shapes._pair(info.arch.get("dilation", 1), "dilation")
     C, Ho, Wo = info.output_shape
-    rows_t = f"rows {sh}i − {ph} + {dh}u, columns {sw}j − {pw} + {dw}v, u < {kh}, v < {kw}"
-    rows_l = rf"\{{({sh}i - {ph} + {dh}u,\ {sw}j - {pw} + {dw}v) : u < {kh},\ v < {kw}\}}"
+    rt, ct = f"{_k(sh, 'i')} − {ph} + {_k(dh, 'u')}", f"{_k(sw, 'j')} − {pw} + {_k(dw, 'v')}"
+    rows_t = f"rows {rt}, columns {ct}, u < {kh}, v < {kw}"
+    rows_l = rf"\{{({rt.replace('−', '-')},\ {ct.replace('−', '-')}) : u < {kh},\ v < {kw}\}}"
     g = a.grad
     dims = _dims([C, Ho, Wo])
     if info.type == "MaxPool2d":

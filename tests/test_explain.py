@@ -196,3 +196,13 @@ def test_the_readme_shows_the_mnist_mlp_s_actual_markdown():
     readme = (ROOT / "README.md").read_text()
     assert "## Explain: the derivation for your net\n" in readme
     assert shown in readme, "README's Explain section is out of date: paste the output of explain --format markdown"
+
+
+def test_markdown_has_no_double_exponent(odd_config):
+    """a^{(8)}_n^\\top is a LaTeX error (GitHub shows it red): numbered symbols are braced first."""
+    import re
+
+    for layer in as_json("--config", odd_config)["layers"]:
+        for eq in layer["equations"]:
+            assert not re.search(r"\^\{\(\d+\)\}(_[a-z])?\^", eq["latex"]), eq["latex"]
+            assert eq["latex"].count("{") == eq["latex"].count("}"), eq["latex"]
