@@ -7,7 +7,8 @@ lines). Warnings go to stderr whatever the verbosity.
 The stop signals: inside `StopSignals`, SIGINT and SIGTERM raise `Stopped` in the main thread,
 except during `hold()` (a commit), when they wait until it has ended. A kill -9 is survived by
 the run directory's commit protocol alone; holding the signals only spares a run the epoch whose
-commit was under way. The command line turns `Stopped` into the exit codes of errors.py.
+commit was under way. The caller turns `Stopped` into the exit codes of errors.py
+(`errors.signal_exit`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import contextlib
 import signal
 import sys
 import time
+
+from mlp_cli.errors import STOP_SIGNALS
 
 
 class Console:
@@ -71,9 +74,6 @@ class Stopped(BaseException):
         super().__init__(signum)
         self.signum = signum
 
-    @property
-    def name(self) -> str:
-        return "SIGTERM" if self.signum == signal.SIGTERM else "Ctrl-C"
 
 
 class StopSignals:
@@ -82,7 +82,7 @@ class StopSignals:
     Signal handlers exist only in the main thread, so elsewhere (a sweep's worker threads) this
     does nothing."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self._held, self._pending, self._previous = False, None, {}

@@ -1,28 +1,38 @@
 """The `mlp-cli` console script's entry point, apart from cli.py so that it runs before anything
 heavy is imported.
 
-Importing click and the command modules takes the first ~80 ms of every command. A Ctrl-C in
-that window would reach Python's default handler and print a KeyboardInterrupt traceback; here
-it ends the process quietly with exit 130, as a Ctrl-C during a command does. Nothing has been
-written yet, so there is nothing to clean up. Once cli.py is imported the usual handling
-(KeyboardInterrupt, turned into one line by the command's error handler) is back.
+A Ctrl-C reaches Python's default handler, which raises KeyboardInterrupt wherever the program
+is, and an uncaught one prints a traceback. Inside a command (cli.handle_errors) that is what we
+want: the command settles its files and says "error: interrupted" (exit 130). Outside one, while
+the commands are imported (the first ~80 ms), click parses the command line or prints --help,
+and while the interpreter shuts down, nothing needs saving: there the handler installed here,
+when this module is imported by the console script, ends the process at once with that line
+and exit 130 (errors.exit_at_once). While that handler is being imported, a Ctrl-C is held
+back (blocked: it waits, it is not lost) and arrives as soon as the handler is in place.
+
+What no module can reach: a Ctrl-C while the interpreter itself starts (its io and site modules,
+before the console script's first line, ~5-10 ms) still meets Python's own handler, and
+CPython reports it as a fatal error with a traceback; before Python installs its handler at all,
+the signal's default action ends the process (exit -2, silently).
 """
 
-import os
-import signal
+import _signal  # the interpreter's own, loaded already: `signal` would first build its enums
 
+# Hold a Ctrl-C back (pending, not lost) while the handler below is imported, then let it in.
+_held = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT}) if hasattr(_signal, "pthread_sigmask") else None
 
-def _interrupted_while_starting(signum, frame):
-    os.write(2, b"error: interrupted\n")
-    os._exit(128 + signum)
+import signal  # noqa: E402
+
+from mlp_cli.errors import exit_at_once  # noqa: E402
+
+# Not when the parent ignores SIGINT (nohup, a background job): then it stays ignored.
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, exit_at_once)
+if _held is not None:
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, _held)
 
 
 def main():
-    quiet = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not when the parent ignores SIGINT
-    if quiet:
-        signal.signal(signal.SIGINT, _interrupted_while_starting)
     from mlp_cli.cli import main as program
 
-    if quiet:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     return program()

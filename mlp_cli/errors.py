@@ -1,4 +1,65 @@
-"""The exceptions the CLI turns into exit codes. No dependencies, so anything may import it."""
+"""The exit codes, the exceptions the CLI turns into them, and what a stop signal ends a process
+with. Nothing but a few modules of the standard library, so anything may import it.
+
+    0 done, 1 a failure at run time (RuntimeFailure), 2 bad usage or config (UsageError),
+    130 Ctrl-C (SIGINT) and 143 SIGTERM: 128 + the signal's number, as a shell reports a death by it.
+"""
+
+import os
+import signal
+import sys
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what a user (Ctrl-C), kill, Docker and Slurm stop a run with
+
+
+def signal_exit(signum: int) -> tuple[str, int]:
+    """How a stop signal is named to the user, and the exit code it ends the process with."""
+    return ("SIGTERM", EXIT_TERMINATED) if signum == signal.SIGTERM else ("Ctrl-C", EXIT_INTERRUPTED)
+
+
+def exit_at_once(signum, frame) -> None:
+    """The console script's SIGINT handler outside a command (entry.py): while Python imports the
+    commands, parses the command line or shuts down there is nothing to save, and Python's own
+    KeyboardInterrupt would print a traceback. One line, and the exit code of a Ctrl-C."""
+    name, code = signal_exit(signum)
+    for stream in (sys.stdout, sys.stderr):  # what was printed before, then the line
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001  closed, or the main thread inside a write: nothing to add
+            pass
+    os.write(2, b"error: interrupted\n" if code == EXIT_INTERRUPTED else f"error: interrupted by {name}\n".encode())
+    os._exit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM inside a command, as KeyboardInterrupt is Ctrl-C (a BaseException, so that no
+    `except Exception` on the way takes it for an error); the CLI exits 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+class signals_raise:
+    """Within: Ctrl-C raises KeyboardInterrupt and SIGTERM raises Terminated, for the command to
+    leave its files settled and exit 130 or 143 (cli.handle_errors); after it, the handlers from
+    before: the console script's `exit_at_once` for Ctrl-C, the default death for SIGTERM. A
+    Ctrl-C that the parent ignores (nohup, a background job) stays ignored. (A class rather than
+    a contextlib generator: this module is imported in the console script's first milliseconds.)"""
+
+    def __enter__(self):
+        self.before_int, self.before_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        if self.before_int is exit_at_once:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_terminated)  # what kill, Docker and Slurm send: like Ctrl-C
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if self.before_term is None else self.before_term)
+        if self.before_int is exit_at_once:
+            signal.signal(signal.SIGINT, exit_at_once)
 
 
 class UsageError(Exception):

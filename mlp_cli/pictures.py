@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlp_cli.train import best_row
+from mlp_cli.nn.losses import softmax
+from mlp_cli.selection import best_row
 
 # Colours of the classes in scatter plots (the first two match the two ends of the RdBu map).
 _TWO = ("#2166ac", "#b2182b")
@@ -194,12 +195,6 @@ def _forward_eval(model, x: np.ndarray, batch: int = 8192) -> np.ndarray:
             layer.training = mode
 
 
-def _softmax(logits):
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def draw_boundary(model, path, *, train=None, test=None, classes=None, normalization=None, title: str = "",
                   resolution: int = 300) -> Path:
     """Decision regions of a network on 2-D points over the data, with the points on top.
@@ -223,7 +218,7 @@ def draw_boundary(model, path, *, train=None, test=None, classes=None, normaliza
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution))
     grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
     grid_in = _normalized(grid, normalization)
-    probs = _softmax(_forward_eval(model, grid_in))
+    probs = softmax(_forward_eval(model, grid_in))
     k = probs.shape[1]
     classes = [str(c) for c in classes] if classes is not None and len(classes) == k else [str(i) for i in range(k)]
     colours = list(_TWO) if k == 2 else [_cmap("tab10" if k <= 10 else "tab20")(i % 20) for i in range(k)]
@@ -334,7 +329,7 @@ def draw_errors(images: np.ndarray, labels: np.ndarray, logits: np.ndarray, clas
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
     classes = [str(c) for c in classes]
-    probs = _softmax(logits)
+    probs = softmax(logits)
     pred = probs.argmax(axis=1)
     loss = -np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300))
     wrong = np.flatnonzero(pred != labels)

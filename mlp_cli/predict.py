@@ -26,6 +26,7 @@ from mlp_cli.data.imagefolder import read_image
 from mlp_cli.data.pipeline import center_crop, normalize
 from mlp_cli.errors import UsageError
 from mlp_cli.evaluate import forward
+from mlp_cli.nn.losses import softmax
 
 BATCH = 256
 
@@ -90,15 +91,10 @@ def load_image(path, geo: Geometry) -> np.ndarray:
     return np.ascontiguousarray(u8)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def predict_files(checkpoint_path, images, *, top_k: int = 3) -> tuple[list[dict], list[str]]:
+def predict_files(checkpoint_path, images, *, top_k: int = 3, execution=None) -> tuple[list[dict], list[str]]:
     """(results, errors): one result per readable image, {"image", "class", "index", "top_k":
-    [{"class", "index", "probability"}]}, in the given order, and one message per unreadable one."""
+    [{"class", "index", "probability"}]}, in the given order, and one message per unreadable one.
+    The network runs as `execution` says (default: Execution.from_env())."""
     from mlp_cli import checkpoint
     from mlp_cli.errors import DataError
 
@@ -115,7 +111,7 @@ def predict_files(checkpoint_path, images, *, top_k: int = 3) -> tuple[list[dict
             errors.append(str(e))
     images = [path for path, _ in loaded]
     arrays = np.stack([a for _, a in loaded]) if loaded else np.zeros((0, 1, 1, geo.channels), np.uint8)
-    model = checkpoint.load_model(ckpt)
+    model = checkpoint.load_model(ckpt, execution)
     test_hflip = bool(recorded_augment(ckpt).get("test_hflip", False))
     probs = np.concatenate([softmax(forward(model, normalize(arrays[i:i + BATCH], ckpt.normalization),
                                             test_hflip=test_hflip))

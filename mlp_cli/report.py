@@ -48,7 +48,7 @@ class Run:
     @property
     def best(self) -> tuple[float | None, int | None]:
         """Best validation accuracy and its epoch (the epoch best.safetensors holds)."""
-        from mlp_cli.train import best_row
+        from mlp_cli.selection import best_row
 
         i = best_row(self.metrics)
         return (None, None) if i is None else (_number(self.metrics[i]["val_acc"]), int(float(self.metrics[i]["epoch"])))

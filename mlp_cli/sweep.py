@@ -41,11 +41,12 @@ from pathlib import Path
 import yaml
 
 from mlp_cli import config as config_mod
+from mlp_cli import selection
 from mlp_cli.config import ConfigError
-from mlp_cli.errors import Interrupted, RuntimeFailure, ShapeError, UsageError
+from mlp_cli.errors import EXIT_TERMINATED, STOP_SIGNALS, Interrupted, RuntimeFailure, ShapeError, UsageError, signal_exit
 
 SWEEP_FILE, RESULTS_FILE, PLOT_FILE = "sweep.yaml", "results.csv", "sweep.png"
-METRICS = {"val_acc": "max", "val_loss": "min"}
+METRICS = selection.METRICS
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 FINAL = ("done", "stopped", "failed")  # --resume does not run these again
 # One thread per trial: on this project's 2-core machine, two trials on one thread each finished
@@ -375,13 +376,16 @@ def read_statuses(out: Path) -> dict[str, tuple[str, str]]:
 
 
 def best_trial(plan: Plan, rows: dict[str, dict]) -> dict | None:
-    key = "best_val_acc" if plan.metric == "val_acc" else "best_val_loss"
-    scored = [r for r in rows.values() if r[key] != ""]
-    if not scored:
-        return None
-    if plan.metric == "val_acc":  # ties broken by the lower validation loss, as best.safetensors is chosen
-        return max(scored, key=lambda r: (float(r[key]), -float(r["best_val_loss"] or "inf")))
-    return min(scored, key=lambda r: float(r[key]))
+    """The row of the best trial by plan.metric, chosen as best.safetensors is (selection.py);
+    None when no trial has a validation result."""
+    trials = list(rows.values())
+    scores = [(_number(r["best_val_acc"]), _number(r["best_val_loss"])) for r in trials]
+    best = selection.best_index(scores, plan.metric)
+    return None if best is None else trials[best]
+
+
+def _number(text: str) -> float | None:
+    return None if text == "" else float(text)
 
 
 def reproduce_command(plan: Plan, trial_name: str, threads: int) -> str:
@@ -462,7 +466,25 @@ def _absolute_env() -> dict[str, str]:
     return env
 
 
-def run_trial(tune_config: dict, *, configs: dict, out: str, env: dict, metric: str) -> None:
+def trial_hparams(trial: Trial) -> dict:
+    """The trial's varied keys and values, as TensorBoard's HParams tab shows them."""
+    return {key: scalar(value) for key, _, value in (item.partition("=") for item in trial.overrides)}
+
+
+def write_hparams_config(plan: Plan, out: Path, configs: dict) -> None:
+    """TensorBoard's HParams experiment at the sweep's root (each trial's run writes its values)."""
+    if not any(cfg["train"].get("tensorboard", True) for cfg in configs.values()):
+        return
+    from mlp_cli import events
+
+    values: dict[str, list] = {}
+    for trial in plan.trials:
+        for key, value in trial_hparams(trial).items():
+            values.setdefault(key, []).append(value)
+    events.write_sweep_hparams_config(out, values)
+
+
+def run_trial(tune_config: dict, *, configs: dict, hparams: dict, out: str, env: dict, metric: str) -> None:
     """One trial, in a Ray worker: `train.fit` into OUT/<name>, reporting every committed epoch
     to Tune. A run directory already there (a restart after the worker died, or --resume) is
     continued from its last committed epoch. A trial that fails (divergence, missing data) is
@@ -486,7 +508,10 @@ def run_trial(tune_config: dict, *, configs: dict, out: str, env: dict, metric: 
             tune.report(dict(last))
 
     try:
-        train.fit(cfg, run_dir, resume=rundir.has_run(run_dir), console=train.Console(quiet=True), on_epoch=report)
+        from mlp_cli.nn.execution import Execution
+
+        train.fit(cfg, run_dir, resume=rundir.has_run(run_dir), console=train.Console(quiet=True), on_epoch=report,
+                  hparams=hparams[name], execution=Execution.from_env())
     except train.Interrupted:
         raise
     except (RuntimeFailure, UsageError) as e:  # divergence, missing data, the run in use elsewhere
@@ -505,7 +530,7 @@ class _Signals:
         self.signal = None
 
     def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
@@ -649,6 +674,7 @@ def _run(plan: Plan, out: Path, todo: list[Trial], statuses: dict, configs: dict
     with raycluster.connected(address, verbose=verbose) as where:
         if not resume:
             write_plan(plan, out)
+        write_hparams_config(plan, out, configs)
         rows = {t.name: result_row(plan, t, out, *statuses.get(t.name, ("pending", ""))) for t in plan.trials}
         write_results(plan, out, rows)
         console = _Console(len(plan.trials), len(plan.trials) - len(todo))
@@ -671,8 +697,8 @@ def _run(plan: Plan, out: Path, todo: list[Trial], statuses: dict, configs: dict
             write_results(plan, out, rows)
     draw(plan, out, rows)
     if signals.signal is not None:
-        code = 143 if signals.signal == signal.SIGTERM else 130
-        name = "SIGTERM" if code == 143 else "interrupted"
+        _, code = signal_exit(signals.signal)
+        name = "SIGTERM" if code == EXIT_TERMINATED else "interrupted"
         raise Interrupted(f"{name}: the trials were stopped after their last committed epoch; "
                           f"continue with: mlp-cli sweep --resume {out}", code)
     return rows
@@ -698,7 +724,8 @@ def _tune(plan: Plan, todo: list[Trial], configs: dict, out: Path, threads: int,
         grace = min(max_t, plan.grace_period or max(1, max_t // 4))
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=grace, reduction_factor=2)
     env = {**_absolute_env(), "MLP_CLI_THREADS": str(threads)}
-    trainable = tune.with_parameters(run_trial, configs={t.name: configs[t.name] for t in todo}, out=str(out), env=env,
+    trainable = tune.with_parameters(run_trial, configs={t.name: configs[t.name] for t in todo},
+                                     hparams={t.name: trial_hparams(t) for t in todo}, out=str(out), env=env,
                                      metric=plan.metric)
     storage = tempfile.mkdtemp(prefix="mlp-cli-tune-")
     try:

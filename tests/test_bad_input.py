@@ -463,9 +463,18 @@ def test_ctrl_c_while_the_commands_are_imported_is_exit_130_without_traceback():
     assert scripts["mlp-cli"] == "mlp_cli.entry:main"
 
 
-def test_after_starting_ctrl_c_is_python_s_again_for_the_commands_to_handle():
-    code = ("import signal, sys; sys.argv = ['mlp-cli', '--version']; from mlp_cli.entry import main\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")
+def test_inside_a_command_ctrl_c_is_python_s_again_for_the_command_to_handle():
+    code = ("import signal, sys; from mlp_cli.entry import main; from mlp_cli.errors import exit_at_once\n"
+            "from mlp_cli.cli import handle_errors\n"
+            "before = signal.getsignal(signal.SIGINT) is exit_at_once\n"
+            "inside = handle_errors(lambda: signal.getsignal(signal.SIGINT) is signal.default_int_handler)()\n"
+            "print(before, inside, signal.getsignal(signal.SIGINT) is exit_at_once)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.stdout.splitlines()[-1] == "True", r.stderr
+    assert r.stdout.split() == ["True", "True", "True"], r.stderr
+    # A parent that ignores SIGINT (nohup, a background job): it stays ignored, inside commands too.
+    ignored = code.replace("is exit_at_once", "is signal.SIG_IGN").replace("is signal.default_int_handler",
+                                                                         "is signal.SIG_IGN")
+    r = subprocess.run([sys.executable, "-c", ignored], capture_output=True, text=True, cwd=ROOT,
+                       preexec_fn=lambda: __import__("signal").signal(__import__("signal").SIGINT,
+                                                                       __import__("signal").SIG_IGN))
+    assert r.stdout.split() == ["True", "True", "True"], r.stderr

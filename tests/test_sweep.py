@@ -296,7 +296,6 @@ def test_one_engine_thread_holds_blas_to_one_thread_too(monkeypatch):
 
     from mlp_cli.nn import parallel
 
-    monkeypatch.setattr(parallel, "thread_count", lambda: 1)
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
         with parallel.single_threaded_blas():
             inside = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
@@ -351,3 +350,26 @@ def test_trials_of_an_image_folder_without_image_size_are_resolved_as_train_reso
     assert len(configs) == 2
     for c in configs.values():
         assert c.data.image_size == (6, 5) and c.data.root == str(tmp_path / "img")
+
+
+def test_each_trial_is_a_tensorboard_run_and_the_sweep_an_hparams_experiment(finished):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata
+
+    out, _ = finished
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out))
+    mux.Reload()
+    hparams = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    experiment = metadata.parse_experiment_plugin_data(hparams["."][metadata.EXPERIMENT_TAG])
+    assert [h.name for h in experiment.hparam_infos] == ["optim.lr"]
+    assert {m.name.tag for m in experiment.metric_infos} >= {"epoch/val_acc", "epoch/val_loss"}
+    trials = {run.split("/")[0]: run for run in hparams if run != "."}
+    assert set(trials) == {p.name for p in out.iterdir() if (p / "config.yaml").exists()} and len(trials) == 2
+    lrs = set()
+    for run in trials.values():
+        start = metadata.parse_session_start_info_plugin_data(hparams[run][metadata.SESSION_START_INFO_TAG])
+        lrs.add(start.hparams["optim.lr"].number_value)
+    assert lrs == {0.3, 1e38}
+    trained = trials["lr0.3"]
+    rows = list(csv.DictReader(open(out / "lr0.3" / "metrics.csv")))
+    assert [e.value for e in mux.Scalars(trained, "epoch/val_acc")] == pytest.approx([float(r["val_acc"]) for r in rows])

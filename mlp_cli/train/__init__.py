@@ -4,7 +4,8 @@
     runstate.py  what a run's state is, read back from its run directory; starting and resuming
     loop.py      `fit`, the one entry point, and the epoch skeleton: train -> evaluate -> decide
                  -> commit -> report
-    steps.py     the decisions: divergence, the best epoch, early stopping, the moving average
+    steps.py     the decisions: divergence, early stopping, the moving average (the best epoch:
+                 selection.py)
 """
 
 from mlp_cli.console import Console
@@ -12,8 +13,7 @@ from mlp_cli.errors import Interrupted
 from mlp_cli.train.loop import COMMIT_INTERVAL, RunResult, fit
 from mlp_cli.train.network import NUM_CLASSES, build_network, check_network, check_outputs
 from mlp_cli.train.runstate import METRIC_COLUMNS, State, metrics_csv, read_state
-from mlp_cli.train.steps import best_row, is_better
 
 __all__ = ["COMMIT_INTERVAL", "Console", "Interrupted", "METRIC_COLUMNS", "NUM_CLASSES", "RunResult", "State",
-           "best_row", "build_network", "check_network", "check_outputs", "fit", "is_better", "metrics_csv",
+           "build_network", "check_network", "check_outputs", "fit", "metrics_csv",
            "read_state"]

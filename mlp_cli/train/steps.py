@@ -1,5 +1,6 @@
 """The decisions the training loop takes after each batch and each epoch, one small unit each:
-divergence, model selection (the best epoch), early stopping, the moving average of the weights."""
+divergence, early stopping, the moving average of the weights (model selection, the best epoch,
+is selection.py's rule)."""
 
 from __future__ import annotations
 
@@ -33,27 +34,6 @@ def check_epoch_loss(mean_loss: float, classes: int, epoch: int, lr: float, base
         raise divergence(f"the mean training loss of epoch {epoch + 1} was {mean_loss:.4g}, more than "
                          f"{DIVERGED} times that of guessing (ln {classes} = {chance:.3g}; lr {lr:g})",
                          epoch, base_lr, run_dir)
-
-
-# ----------------------------------------------------------------------------- model selection
-def is_better(val_acc, val_loss, best_acc, best_loss) -> bool:
-    """The model-selection rule: higher validation accuracy; on a tie (frequent with small
-    validation sets) the lower validation loss."""
-    if val_acc is None:
-        return False
-    return best_acc is None or val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
-
-
-def best_row(rows: list[dict]) -> int | None:
-    """Index of the metrics.csv row whose epoch best.safetensors holds (None without validation)."""
-    best, best_acc, best_loss = None, None, None
-    for i, row in enumerate(rows):
-        acc, loss = row.get("val_acc"), row.get("val_loss")
-        if acc in (None, "") or loss in (None, ""):
-            continue
-        if is_better(float(acc), float(loss), best_acc, best_loss):
-            best, best_acc, best_loss = i, float(acc), float(loss)
-    return best
 
 
 # ----------------------------------------------------------------------------- early stopping
