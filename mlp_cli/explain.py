@@ -249,7 +249,8 @@ def _pool(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     (kh, kw), (sh, sw), (ph, pw) = (shapes._pair(info.arch[key], key) for key in ("kernel_size", "stride", "padding"))
     dh, dw = shapes._pair(info.arch.get("dilation", 1), "dilation")
     C, Ho, Wo = info.output_shape
-    rt, ct = f"{_k(sh, 'i')} − {ph} + {_k(dh, 'u')}", f"{_k(sw, 'j')} − {pw} + {_k(dw, 'v')}"
+    rt = f"{_k(sh, 'i')}{f' − {ph}' if ph else ''} + {_k(dh, 'u')}"  # in the unpadded input's coordinates
+    ct = f"{_k(sw, 'j')}{f' − {pw}' if pw else ''} + {_k(dw, 'v')}"
     rows_t = f"rows {rt}, columns {ct}, u < {kh}, v < {kw}"
     rows_l = rf"\{{({rt.replace('−', '-')},\ {ct.replace('−', '-')}) : u < {kh},\ v < {kw}\}}"
     g = a.grad
