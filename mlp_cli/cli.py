@@ -522,6 +522,45 @@ def gradcheck(config_path, batch, samples, threshold, seed, as_json, engine, ove
         fail(result.summary(), EXIT_RUNTIME)
 
 
+@main.command(cls=OverridesCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The config whose network to derive.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True,
+              help="text for the terminal, markdown (LaTeX) for GitHub and Jupyter, json.")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Random examples in the batch of the numerical checks.")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@handle_errors
+def explain(config_path, fmt, batch, overrides):
+    """The practical's derivation for the config's network, each gradient checked numerically.
+
+    \b
+    mlp-cli explain --config configs/mnist_mlp.yaml
+    mlp-cli explain --config configs/cifar10_cnn_improved.yaml --format markdown > derivation.md
+
+    Layer by layer: the forward equation with the config's shapes, the output-size formula of
+    conv and pooling layers, the gradients of the mean loss with respect to the layer's input and
+    parameters, and the softmax cross-entropy loss. Each gradient is evaluated by the reference
+    engine in float64 on --batch random examples and compared with central differences; exit
+    code 1 when a relative error is above 1e-6, 2 for an invalid config. Reads no data.
+    """
+    from mlp_cli import config
+    from mlp_cli import explain as ex
+
+    cfg = config.load(config_path, overrides)
+    if cfg.data.dataset == "imagefolder" and cfg.data.image_size is None:
+        from mlp_cli.data import resolve_config  # the size its images share, as convshape finds it
+
+        cfg = resolve_config(cfg)
+    result = ex.explain_config(cfg, batch=batch)
+    click.echo(ex.FORMATS[fmt](result))
+    bad = ex.failures(result)
+    if bad:
+        where, eq = bad[0]
+        fail(f"{len(bad)} of the backward equations disagree{'s' * (len(bad) == 1)} with central differences; the first: "
+             f"{eq['name']} in {where} (relative error {eq['rel_error']:.1e} > {ex.THRESHOLD:g})", EXIT_RUNTIME)
+
+
 # ----------------------------------------------------------------------------- lr-find
 def _number(text: str, option: str, kind=float):
     """A number from an option's text (a float: finite and above 0); UsageError in one line otherwise."""
