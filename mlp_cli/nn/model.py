@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlp_cli import registry as R
 from mlp_cli.nn import init as initializers
 from mlp_cli.nn import layers as L
 
-LAYERS = {
-    "Linear": L.Linear, "Conv2d": L.Conv2d, "MaxPool2d": L.MaxPool2d, "AvgPool2d": L.AvgPool2d,
-    "ReLU": L.ReLU, "Tanh": L.Tanh, "Sigmoid": L.Sigmoid, "Flatten": L.Flatten,
-    "Dropout": L.Dropout, "BatchNorm1d": L.BatchNorm1d, "BatchNorm2d": L.BatchNorm2d,
-}
-_TAKES_DTYPE = ("Linear", "Conv2d", "BatchNorm1d", "BatchNorm2d")
+LAYERS = {t.torch: getattr(L, t.fast) for t in R.LAYER_TYPES}  # the architecture's type -> the fast class
+_TAKES_DTYPE = tuple(t.torch for t in R.LAYER_TYPES if t.floats)
+_INITIALIZED = tuple(t.torch for t in R.LAYER_TYPES if t.weights)  # model.init sets their weight and bias
 
 
 class Sequential:
@@ -131,7 +129,7 @@ def build(architecture: list[dict], *, rng: np.random.Generator | None = None, w
         kind = spec.pop("type")
         cls = LAYERS[kind]
         layer = cls(**spec, dtype=dtype) if kind in _TAKES_DTYPE else cls(**spec)
-        if kind in ("Linear", "Conv2d"):
+        if kind in _INITIALIZED:
             w = layer.params["weight"]
             w[...] = initializers.init_weight(w.shape, weight_init, rng, dtype, init_std)
             if "bias" in layer.params:
