@@ -55,7 +55,8 @@ def main():
     args = parser.parse_args()
     if args.threads:
         os.environ["MLP_CLI_THREADS"] = str(args.threads)
-    from mlp_cli.nn import convcost
+    from mlp_cli.nn.conv import cost as convcost
+    from mlp_cli.nn.execution import Execution
     from mlp_cli.nn.layers import Conv2d
     from mlp_cli.nn.parallel import single_threaded_blas
 
@@ -68,15 +69,15 @@ def main():
             measured, modelled = {}, {}
             geometry = (H, H, (k, k), (1, 1), (pad, pad), (1, 1), C, O, not first)
             for method in METHODS:
-                layer = Conv2d(C, O, k, padding=pad)
-                layer.method, layer.needs_input_grad = method, not first
+                layer = Conv2d(C, O, k, padding=pad, execution=Execution.from_env(conv_method=method))
+                layer.needs_input_grad = not first
                 layer.params["weight"][...] = rng.standard_normal(layer.params["weight"].shape) * 0.1
                 dout = np.ones_like(layer.forward(x))
                 measured[method] = step_time(layer, x, dout, args.runs)
                 chosen, B = convcost.choose(*geometry, methods=(method,))
                 modelled[method] = _model(convcost, chosen, B, H, k, pad, C, O, first)
                 if method == "band":
-                    band_label = f"B={layer.band}"
+                    band_label = f"B={layer.algorithm.B}"
             scale = measured["im2col"] / modelled["im2col"]
             auto, B = convcost.choose(*geometry)
             print(f"{name:20s} {measured['im2col']:8.2f} {measured['dft']:8.2f} {measured['band']:7.2f} {band_label:>4s} | "

@@ -22,6 +22,7 @@ import torch
 from mlp_cli import config, shapes
 from mlp_cli.interop import torch_sequential
 from mlp_cli.nn.losses import softmax_cross_entropy
+from mlp_cli.nn.execution import Execution
 from mlp_cli.nn.model import build
 from mlp_cli.nn.parallel import single_threaded_blas
 from mlp_cli.train import check_network
@@ -35,7 +36,7 @@ def architecture(config_name: str) -> list[dict]:
 
 
 def time_ours(arch, x, y, repeats, inner):
-    model = build(arch)
+    model = build(arch, execution=Execution.from_env())  # MLP_CLI_THREADS, as `mlp-cli train` reads it
     model.skip_input_gradient()  # as in training
 
     def step():

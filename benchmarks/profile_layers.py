@@ -30,8 +30,8 @@ def label(i, layer):
     """'3 Conv2d' and, for a convolution, the method it took: '3 Conv2d dft', '0 Conv2d band B=7'."""
     name = f"{i:2d} {type(layer).__name__}"
     if isinstance(layer, Conv2d):
-        name += " dft" if getattr(layer, "plan", None) is not None else \
-            f" band B={layer.band}" if getattr(layer, "band", None) else " im2col"
+        algorithm = layer.algorithm
+        name += f" {algorithm.name}" + (f" B={algorithm.B}" if algorithm.name == "band" else "")
     return name
 
 

@@ -136,12 +136,14 @@ def _damaged_metadata(meta: dict) -> str | None:
     return None
 
 
-def load_model(ckpt: Checkpoint):
-    """Build the engine network recorded in a checkpoint and load its weights (eval mode)."""
+def load_model(ckpt: Checkpoint, execution=None):
+    """Build the engine network recorded in a checkpoint and load its weights (eval mode), run as
+    `execution` says (an nn.execution.Execution; default: Execution.from_env())."""
+    from mlp_cli.nn.execution import Execution
     from mlp_cli.nn.model import build
 
     try:
-        model = build(ckpt.architecture)
+        model = build(ckpt.architecture, execution=execution if execution is not None else Execution.from_env())
         model.load_state_dict(ckpt.state)
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint tensors do not fit its architecture: {e}") from None

@@ -209,9 +209,11 @@ def _pitfall_warnings(cfg) -> None:
 @click.option("--from-epoch", type=click.IntRange(min=0), metavar="K",
               help="With --resume: continue from the kept state of epoch K (after a file was damaged).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final result.")
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="fast: the optimized engine; reference: the plain NumPy derivation (nn/reference.py), slow.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @handle_errors
-def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
+def train(config_path, resume_dir, out, from_epoch, quiet, engine, overrides):
     """Train a network: mlp-cli train --config FILE [KEY=VALUE ...].
 
     \b
@@ -225,6 +227,8 @@ def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
     finished epoch is committed at once: after a crash or kill, --resume goes on
     from the last one. On --resume, overrides of seed, data.* and model.* are
     refused; the others hold from the next epoch (recorded in history.yaml).
+    --engine and the MLP_CLI_THREADS threads are settings of each invocation
+    (also recorded there); the threads change the speed, never the results.
     Exit codes: 0 done, 2 invalid config or run directory in use, 1 runtime
     failure, 130 Ctrl-C, 143 SIGTERM (both after saving the finished epochs).
     """
@@ -232,24 +236,30 @@ def train(config_path, resume_dir, out, from_epoch, quiet, overrides):
 
     from mlp_cli import config
     from mlp_cli import train as training
+    from mlp_cli.nn.execution import Execution
 
     if bool(config_path) == bool(resume_dir):
         fail("give either --config FILE (a new run) or --resume RUN_DIR (continue a run)", EXIT_USAGE)
     if from_epoch is not None and not resume_dir:
         fail("--from-epoch goes with --resume RUN_DIR", EXIT_USAGE)
+    execution = Execution.from_env(engine=engine)
     console = training.Console(quiet=quiet)
     if resume_dir:
         if out:
             fail("--out does not apply to --resume: the run continues in its own directory", EXIT_USAGE)
         command = ["--resume", resume_dir] + (["--from-epoch", str(from_epoch)] if from_epoch is not None else [])
+        command += ["--engine", engine] if engine != "fast" else []
         result = training.fit(None, resume_dir, resume=True, overrides=overrides, from_epoch=from_epoch,
-                              console=console, command=shlex.join(["mlp-cli", "train", *command, *overrides]))
+                              console=console, command=shlex.join(["mlp-cli", "train", *command, *overrides]),
+                              execution=execution)
     else:
         cfg = config.load(config_path, overrides)
         _pitfall_warnings(cfg)
         run_dir = out if out else _default_run_dir(config_path)
-        command = ["--config", config_path, "--out", str(run_dir), *overrides]
-        result = training.fit(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]))
+        command = ["--config", config_path, "--out", str(run_dir), *(["--engine", engine] if engine != "fast" else []),
+                   *overrides]
+        result = training.fit(cfg, run_dir, console=console, command=shlex.join(["mlp-cli", "train", *command]),
+                              execution=execution)
     if result.best_val_acc is None:
         best = f"no validation split, best.safetensors is epoch {result.best_epoch}"
     else:
@@ -325,16 +335,20 @@ def sweep(config_path, sweep_file, out, resume_dir, address, early_stop, verbose
 @click.option("--data-root", metavar="DIR", help="Where the data lives, if not where the run found it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (accuracy, loss, n, per_class_accuracy, "
               "confusion_matrix).")
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="fast: the optimized engine; reference: the plain NumPy derivation (nn/reference.py), slow.")
 @handle_errors
-def eval_(checkpoint_path, split, data_root, as_json):
+def eval_(checkpoint_path, split, data_root, as_json, engine):
     """Evaluate a checkpoint: loss, accuracy, per-class accuracy, confusion matrix."""
     import json
 
     from mlp_cli.evaluate import evaluate_checkpoint, format_report
+    from mlp_cli.nn.execution import Execution
 
+    execution = Execution.from_env(engine=engine)
     if split == "train":
         _warn("evaluating on the training split measures how well the net fits, not how well it generalizes")
-    result = evaluate_checkpoint(checkpoint_path, split, data_root=data_root)
+    result = evaluate_checkpoint(checkpoint_path, split, data_root=data_root, execution=execution)
     click.echo(json.dumps(result) if as_json else format_report(result))
 
 
@@ -471,9 +485,11 @@ def report(run_dirs, fmt, plot_path):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the inputs, labels, sampled entries and dropout masks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="fast: the optimized engine; reference: the plain NumPy derivation (nn/reference.py), slow.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @handle_errors
-def gradcheck(config_path, batch, samples, threshold, seed, as_json, overrides):
+def gradcheck(config_path, batch, samples, threshold, seed, as_json, engine, overrides):
     """Check every layer's backward against central finite differences, in float64.
 
     \b
@@ -494,11 +510,14 @@ def gradcheck(config_path, batch, samples, threshold, seed, as_json, overrides):
 
     from mlp_cli import config
     from mlp_cli import gradcheck as gc
+    from mlp_cli.nn.execution import Execution
 
+    execution = Execution.from_env(engine=engine)
     if math.isnan(threshold):  # click's range check lets nan through, and every error would then "fail"
         fail("--threshold nan is not a number; pass a relative error such as 1e-6", EXIT_USAGE)
     cfg = config.load(config_path, overrides)
-    result = gc.check_config(cfg, batch=batch, samples=samples, seed=seed, threshold=threshold, source=str(config_path))
+    result = gc.check_config(cfg, batch=batch, samples=samples, seed=seed, threshold=threshold, source=str(config_path),
+                             execution=execution)
     click.echo(json.dumps(gc.config_check_json(result), indent=2) if as_json else gc.format_config_check(result))
     if not result.ok:
         fail(result.summary(), EXIT_RUNTIME)
@@ -630,8 +649,9 @@ def predict(checkpoint_path, images, top_k, as_json):
     import json
 
     from mlp_cli import predict as pr
+    from mlp_cli.nn.execution import Execution
 
-    results, errors = pr.predict_files(checkpoint_path, list(images), top_k=top_k)
+    results, errors = pr.predict_files(checkpoint_path, list(images), top_k=top_k, execution=Execution.from_env())
     if results or as_json:
         click.echo(json.dumps(results, indent=2) if as_json else pr.format_predictions(results))
     if errors:

@@ -61,14 +61,15 @@ def checkpoint_result(path, ckpt, split_name: str, metrics: dict) -> dict:
             "classes": list(ckpt.classes), **metrics}
 
 
-def evaluate_checkpoint(path, split_name: str, *, data_root: str | None = None) -> dict:
+def evaluate_checkpoint(path, split_name: str, *, data_root: str | None = None, execution=None) -> dict:
     """Metrics of a checkpoint on one split, with the data, config and normalization that the
-    checkpoint records (`data_root` replaces data.root)."""
+    checkpoint records (`data_root` replaces data.root), run as `execution` says (default:
+    Execution.from_env())."""
     from mlp_cli import checkpoint, config, data
     from mlp_cli.errors import CheckpointError, DataError, RuntimeFailure, UsageError
 
     ckpt = checkpoint.load(path)
-    model = checkpoint.load_model(ckpt)
+    model = checkpoint.load_model(ckpt, execution)
     try:
         cfg = config.validate(ckpt.config, f"{path} (its recorded config)", recorded=True)
     except config.ConfigError as e:  # a damaged checkpoint, not a usage error

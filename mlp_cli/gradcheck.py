@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlp_cli import registry
 from mlp_cli.nn.losses import softmax_cross_entropy
 
 
@@ -155,16 +156,9 @@ class SampledCheck:
 
 
 def _kink_state(layers) -> list[np.ndarray]:
-    """What decides which branch each kink takes: ReLU masks and max-pool choices."""
-    from mlp_cli.nn import layers as L
-
-    state = []
-    for layer in layers:
-        if isinstance(layer, L.ReLU):
-            state.append(layer.out > 0)
-        elif isinstance(layer, L.MaxPool2d):
-            state.append(layer.argmax_offsets())
-    return state
+    """What decides which branch each kink takes: ReLU masks and max-pool choices (the `kinks()`
+    of the layers that have kinks, fast or reference)."""
+    return [layer.kinks() for layer in layers if hasattr(layer, "kinks")]
 
 
 def _same_kinks(a, b) -> bool:
@@ -172,14 +166,16 @@ def _same_kinks(a, b) -> bool:
 
 
 def sampled_check_network(model, x: np.ndarray, labels: np.ndarray, *, samples: int = 12, seed: int = 0,
-                          h: float = 1e-6, label_smoothing: float = 0.0, max_draws: int | None = None) -> list[SampledCheck]:
+                          h: float = 1e-6, label_smoothing: float = 0.0, max_draws: int | None = None,
+                          loss=softmax_cross_entropy) -> list[SampledCheck]:
     """Sampled central-difference check of every parameter tensor and every layer's input gradient.
 
     The network must be float64 and in the mode to check (training mode: batch statistics,
     dropout with a fixed mask). Returns one SampledCheck per tensor, in layer order: for each
     layer its input gradient ("k.input", the network input for k = 0) and then its parameters.
+    `loss(logits, labels, label_smoothing) -> (loss, dlogits)` is the loss (default: the fast engine's).
     """
-    probe = _Probe(model.layers, labels, seed=seed, h=h, label_smoothing=label_smoothing)
+    probe = _Probe(model.layers, labels, seed=seed, h=h, label_smoothing=label_smoothing, loss=loss)
     x = np.ascontiguousarray(x, dtype=np.float64)
     input_grads, param_grads = probe.reference_pass(x)
     rng = np.random.default_rng([seed, 7])
@@ -198,11 +194,10 @@ class _Probe:
     tensors perturbed in place, and whether the perturbation moved a kink (a ReLU mask or a
     max-pool choice) away from where the reference pass (`reference_pass`) had them."""
 
-    def __init__(self, layers, labels, *, seed: int, h: float, label_smoothing: float):
-        from mlp_cli.nn import layers as L
-
-        self.layers, self.labels, self.h, self.label_smoothing = layers, labels, h, label_smoothing
-        self.dropouts = [(i, layer) for i, layer in enumerate(layers) if isinstance(layer, L.Dropout)]
+    def __init__(self, layers, labels, *, seed: int, h: float, label_smoothing: float, loss):
+        self.layers, self.labels, self.h, self.label_smoothing, self.loss = layers, labels, h, label_smoothing, loss
+        # Fast or reference: the classes share their names.
+        self.dropouts = [(i, layer) for i, layer in enumerate(layers) if type(layer).__name__ == registry.DROPOUT.fast]
         self.seed = seed
         self.inputs: list[np.ndarray] = []
         self.base_kinks: list[np.ndarray] = []
@@ -225,7 +220,7 @@ class _Probe:
             self.inputs.append(np.ascontiguousarray(a))
             a = layer.forward(self.inputs[-1])
         self.base_kinks = _kink_state(self.layers)
-        _, dout = softmax_cross_entropy(a, self.labels, self.label_smoothing)
+        _, dout = self.loss(a, self.labels, self.label_smoothing)
         input_grads = [None] * len(self.layers)
         param_grads = [None] * len(self.layers)
         for k in range(len(self.layers) - 1, -1, -1):
@@ -243,8 +238,7 @@ class _Probe:
         losses = []
         for sign in (1, -1):
             perturb(sign)
-            losses.append(softmax_cross_entropy(self.run_from(k, self.inputs[k]), self.labels,
-                                                self.label_smoothing)[0])
+            losses.append(self.loss(self.run_from(k, self.inputs[k]), self.labels, self.label_smoothing)[0])
             kinks.append(_kink_state(self.layers[k:]))
         perturb(0)
         base = self.base_kinks[len(self.base_kinks) - len(kinks[0]):]
@@ -374,11 +368,12 @@ class ConfigCheck:
 
 
 def check_config(cfg, *, batch: int = 2, samples: int = 12, seed: int = 0, threshold: float = 1e-6,
-                 h: float = 1e-6, source: str = "config") -> ConfigCheck:
+                 h: float = 1e-6, source: str = "config", execution=None) -> ConfigCheck:
     """Sampled gradient check of a config's network in float64 and training mode, on standard-normal
     inputs of the config's input shape and random labels. The weights are initialized as training
     would (the config's init and seed); inputs, labels, sampled entries and dropout masks come from
-    `seed`. Raises ShapeError/ConfigError when the network does not fit its data."""
+    `seed`; the network runs as `execution` says (default: Execution.from_env()). Raises
+    ShapeError/ConfigError when the network does not fit its data."""
     import time
 
     from mlp_cli import shapes
@@ -394,13 +389,15 @@ def check_config(cfg, *, batch: int = 2, samples: int = 12, seed: int = 0, thres
     if len(out) != 1:
         raise ConfigError(f"invalid config: the network ends with output shape {out}; the loss needs one score "
                           "per class, so end with {type: flatten} and {type: linear, out_features: CLASSES}")
-    model = build_network(cfg, shapes.architecture(infos), dtype=np.float64).train()
+    model = build_network(cfg, shapes.architecture(infos), dtype=np.float64, execution=execution).train()
     rng = np.random.default_rng([seed, 1])
     x = rng.standard_normal((batch, *input_shape))
     labels = rng.integers(0, out[0], batch)
     started = time.perf_counter()
+    from mlp_cli.nn.losses import loss_function
+
     checks = sampled_check_network(model, x, labels, samples=samples, seed=seed, h=h,
-                                   label_smoothing=cfg.train.label_smoothing)
+                                   label_smoothing=cfg.train.label_smoothing, loss=loss_function(model.execution))
     return ConfigCheck(source, list(input_shape), batch, samples, threshold, seed, h,
                        time.perf_counter() - started, checks)
 

@@ -91,9 +91,10 @@ def load_image(path, geo: Geometry) -> np.ndarray:
     return np.ascontiguousarray(u8)
 
 
-def predict_files(checkpoint_path, images, *, top_k: int = 3) -> tuple[list[dict], list[str]]:
+def predict_files(checkpoint_path, images, *, top_k: int = 3, execution=None) -> tuple[list[dict], list[str]]:
     """(results, errors): one result per readable image, {"image", "class", "index", "top_k":
-    [{"class", "index", "probability"}]}, in the given order, and one message per unreadable one."""
+    [{"class", "index", "probability"}]}, in the given order, and one message per unreadable one.
+    The network runs as `execution` says (default: Execution.from_env())."""
     from mlp_cli import checkpoint
     from mlp_cli.errors import DataError
 
@@ -110,7 +111,7 @@ def predict_files(checkpoint_path, images, *, top_k: int = 3) -> tuple[list[dict
             errors.append(str(e))
     images = [path for path, _ in loaded]
     arrays = np.stack([a for _, a in loaded]) if loaded else np.zeros((0, 1, 1, geo.channels), np.uint8)
-    model = checkpoint.load_model(ckpt)
+    model = checkpoint.load_model(ckpt, execution)
     test_hflip = bool(recorded_augment(ckpt).get("test_hflip", False))
     probs = np.concatenate([softmax(forward(model, normalize(arrays[i:i + BATCH], ckpt.normalization),
                                             test_hflip=test_hflip))

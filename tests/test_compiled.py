@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlp_cli.nn import compiled_kernels
+from mlp_cli.nn.execution import Execution
 from mlp_cli.nn.layers import BatchNorm1d, BatchNorm2d, MaxPool2d
 
 pytestmark = pytest.mark.skipif(compiled_kernels() is None, reason="Numba is not installed")
@@ -21,8 +22,7 @@ def channels_last(shape, values):
 
 
 def pool_gradients(x, dout, use_compiled):
-    pool = MaxPool2d(2)
-    pool.use_compiled = use_compiled
+    pool = MaxPool2d(2, execution=Execution(compiled=use_compiled))
     out = pool.forward(x)
     dx = pool.backward(dout)
     return out, dx
@@ -49,8 +49,7 @@ def test_compiled_pooling_equals_the_numpy_reference(shape, dtype):
 def test_signed_zeros_and_nan_give_the_reference_maxima():
     x = np.array([[[[0.0, -0.0], [-0.0, 0.0]]], [[[-0.0, 0.0], [0.0, -0.0]]], [[[-0.0, -0.0], [-1.0, -0.0]]],
                   [[[1.0, np.nan], [2.0, 3.0]]], [[[np.nan, 1.0], [2.0, 3.0]]]])
-    outs = [MaxPool2d(2) for _ in range(2)]
-    outs[1].use_compiled = False
+    outs = [MaxPool2d(2), MaxPool2d(2, execution=Execution(compiled=False))]
     out_c, out_r = (p.forward(x).ravel() for p in outs)
     assert np.array_equal(out_c, out_r, equal_nan=True)
     assert np.signbit(out_c).tolist() == np.signbit(out_r).tolist()
@@ -196,11 +195,10 @@ def test_a_read_only_install_with_no_writable_cache_dir_still_runs_the_kernels(t
     assert result.stdout.strip().startswith(str(tmp / "mlp-cli-numba-cache"))
 
 
-def batchnorm_pass(cls, x, dout, use_compiled, steps=2):
+def batchnorm_pass(cls, x, dout, use_compiled, steps=2, threads=1):
     """Output, input gradient, parameter gradients and running statistics after `steps`
     training steps of a batch norm layer with random weights, then an eval-mode output."""
-    layer = cls(x.shape[1], dtype=x.dtype)
-    layer.use_compiled = use_compiled
+    layer = cls(x.shape[1], dtype=x.dtype, execution=Execution(compiled=use_compiled, threads=threads))
     rng = np.random.default_rng(5)
     layer.params["weight"][...] = rng.uniform(0.5, 2, x.shape[1])
     layer.params["bias"][...] = rng.standard_normal(x.shape[1])
@@ -228,17 +226,14 @@ def test_compiled_batchnorm_equals_the_numpy_reference(cls, shape, dtype, tol):
         np.testing.assert_allclose(g, r, rtol=tol, atol=tol * max(1.0, np.abs(r).max()))
 
 
-def test_compiled_batchnorm_runs_over_batch_ranges_on_several_threads(monkeypatch):
+def test_compiled_batchnorm_runs_over_batch_ranges_on_several_threads():
     """The sums of each thread's rows are added in range order: 1, 2 and 3 threads agree."""
-    from mlp_cli.nn import parallel
-
     rng = np.random.default_rng(0)
     x = channels_last((64, 16, 12, 12), rng.standard_normal((64, 16, 12, 12)).astype(np.float32))
     dout = channels_last(x.shape, rng.standard_normal(x.shape).astype(np.float32))
     results = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(parallel, "thread_count", lambda threads=threads: threads)
-        results.append(batchnorm_pass(BatchNorm2d, x, dout, True))
+        results.append(batchnorm_pass(BatchNorm2d, x, dout, True, threads=threads))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)

@@ -5,6 +5,7 @@ import pytest
 
 from mlp_cli.gradcheck import check_layer, check_network, numerical_gradient, relative_error
 from mlp_cli.nn import layers as L
+from mlp_cli.nn.execution import Execution
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
 
@@ -61,8 +62,7 @@ def test_layer_gradients(case):
 def test_batchnorm_train_gradients_of_both_paths(cls, shape, use_compiled):
     """The compiled kernels (the default where Numba is installed) and the NumPy reference."""
     rng = np.random.default_rng(11)
-    layer = randomize(cls(shape[1], dtype=F64), rng)
-    layer.use_compiled = use_compiled
+    layer = randomize(cls(shape[1], dtype=F64, execution=Execution(compiled=use_compiled)), rng)
     assert_checks(check_layer(layer, rng.standard_normal(shape)))
 
 

@@ -110,7 +110,9 @@ def test_broken_batchnorm_backward_is_caught(monkeypatch, small_conv, compiled):
 
     if compiled and L.compiled_kernels() is None:
         pytest.skip("Numba is not installed")
-    monkeypatch.setattr(L._BatchNorm, "use_compiled", compiled)
+    from mlp_cli.nn.execution import Execution
+
+    monkeypatch.setattr(Execution, "from_env", classmethod(lambda cls, environ=None, **f: cls(compiled=compiled, **f)))
     monkeypatch.setattr(L._BatchNorm, "_backward_compiled" if compiled else "_backward_2d", no_mean_term)
     result = run("--config", small_conv)
     assert result.exit_code == 1

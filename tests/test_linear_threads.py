@@ -6,10 +6,11 @@ import pytest
 
 from mlp_cli.nn import layers as L
 from mlp_cli.nn import parallel
+from mlp_cli.nn.execution import Execution
 
 
-def step(x, dout, needs_input_grad=True):
-    layer = L.Linear(x.shape[1], dout.shape[1], dtype=np.float64)
+def step(x, dout, needs_input_grad=True, threads=1):
+    layer = L.Linear(x.shape[1], dout.shape[1], dtype=np.float64, execution=Execution(threads=threads))
     rng = np.random.default_rng(5)
     for p in layer.params.values():
         p[...] = rng.standard_normal(p.shape)
@@ -26,9 +27,8 @@ def test_linear_split_over_threads_equals_one_thread(threads, needs_input_grad, 
     x, dout = rng.standard_normal((7, 20)), rng.standard_normal((7, 13))
     ref = step(x, dout, needs_input_grad)
     monkeypatch.setattr(parallel, "MIN_PARALLEL_SIZE", 1)  # split even these small products
-    monkeypatch.setattr(parallel, "thread_count", lambda: threads)
     with parallel.single_threaded_blas():
-        got = step(x, dout, needs_input_grad)
+        got = step(x, dout, needs_input_grad, threads)
     assert (got[1] is None) == (not needs_input_grad)
     pairs = [(ref[0], got[0])] + [(ref[2][k], got[2][k]) for k in ("weight", "bias")]
     if needs_input_grad:

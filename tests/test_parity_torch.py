@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mlp_cli.interop import torch_sequential
+from mlp_cli.nn.execution import Execution
 from mlp_cli.nn.losses import softmax_cross_entropy
 from mlp_cli.nn.model import build
 
@@ -21,9 +22,9 @@ def close(ours, theirs, what):
     assert err <= TOL, f"{what}: error {err:.2e} relative to scale {scale:.2e}"
 
 
-def run_both(arch, x, labels, steps=1, train=True, smoothing=0.0):
+def run_both(arch, x, labels, steps=1, train=True, smoothing=0.0, execution=Execution()):
     """Build both networks with the same weights; compare logits, loss and all gradients."""
-    ours = build(arch, rng=np.random.default_rng(0))
+    ours = build(arch, rng=np.random.default_rng(0), execution=execution)
     theirs = torch_sequential(arch, ours.state_dict())
     ours.train() if train else ours.eval()
     theirs.train(train)

@@ -296,7 +296,6 @@ def test_one_engine_thread_holds_blas_to_one_thread_too(monkeypatch):
 
     from mlp_cli.nn import parallel
 
-    monkeypatch.setattr(parallel, "thread_count", lambda: 1)
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
         with parallel.single_threaded_blas():
             inside = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]

@@ -16,58 +16,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli.nn import bandconv, compiled_kernels, convcost, parallel
-from mlp_cli.nn.dftconv import DFTConv, mix
+from mlp_cli.nn import compiled_kernels
+from mlp_cli.nn.arrays import column_sums as _column_sums
+from mlp_cli.nn.arrays import nchw as _nchw
+from mlp_cli.nn.arrays import nhwc as _nhwc
+from mlp_cli.nn.arrays import pair as _pair
+from mlp_cli.nn.arrays import window as _window
+from mlp_cli.nn.conv import band, cost, dft, im2col
+from mlp_cli.nn.execution import Execution
 from mlp_cli.nn.parallel import ordered_sum, over_batch
 from mlp_cli.shapes import conv_output_size, pool_output_size
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
-
-
-def _nhwc(x: np.ndarray) -> np.ndarray:
-    """NCHW (logical) -> NHWC view; free when x is a view of channels-last memory."""
-    return x.transpose(0, 2, 3, 1)
-
-
-def _nchw(x: np.ndarray) -> np.ndarray:
-    return x.transpose(0, 3, 1, 2)
-
-
-BLOCK_IMAGES = 8  # images per im2col/col2im block: a block's columns fit in a core's cache
-BLOCK_BYTES = 1 << 22  # at least this much of a block's copied rows: fewer, longer NumPy calls
-# Below this many images a thread, the DFT convolution's weight gradient is split by frequencies
-# instead of by batch ranges (Conv2d._backward_dft).
-FREQUENCY_SPLIT_BELOW = 32
-
-
-def _block_images(image_bytes: int) -> int:
-    """Images per block of a copy-then-product loop: BLOCK_IMAGES, or more for small images
-    (LeNet-5's), since each NumPy call holds the GIL for its fixed overhead and short calls
-    keep the other thread waiting."""
-    return max(BLOCK_IMAGES, BLOCK_BYTES // max(image_bytes, 1))
-
-
-def _windows(xp: np.ndarray, out_size, kernel, stride, dilation) -> np.ndarray:
-    """Read-only view (N, Ho, Wo, kh, kw, C) of every kernel window of a padded NHWC array:
-    element [n, y, x, i, j, c] is xp[n, y*sh + i*dh, x*sw + j*dw, c]. No data is copied."""
-    sn, sy, sx, sc = xp.strides
-    (Ho, Wo), (kh, kw), (sh, sw), (dh, dw) = out_size, kernel, stride, dilation
-    return np.lib.stride_tricks.as_strided(
-        xp, (xp.shape[0], Ho, Wo, kh, kw, xp.shape[3]), (sn, sy * sh, sx * sw, sy * dh, sx * dw, sc), writeable=False)
-
-
-def _window(offset: int, dilation: int, stride: int, count: int) -> slice:
-    """The input rows (or columns) that kernel offset `offset` touches across `count` outputs."""
-    start = offset * dilation
-    return slice(start, start + stride * (count - 1) + 1, stride)
-
-
 class Layer:
-    """Base class: no parameters, identity in train and eval mode alike."""
+    """Base class: no parameters, identity in train and eval mode alike.
 
-    def __init__(self):
+    `execution` (execution.py) says how the layer runs: its threads, whether compiled kernels may
+    run, the convolution method. The network builder gives every layer the entry point's one."""
+
+    def __init__(self, execution: Execution | None = None):
+        self.execution = execution if execution is not None else Execution()
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
@@ -80,6 +48,10 @@ class Layer:
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _over(self, fn, n, size, uses_blas=False) -> list:
+        """parallel.over_batch on this layer's threads."""
+        return over_batch(fn, n, size, uses_blas, threads=self.execution.threads)
 
     def _set_grad(self, name, parts):
         """grads[name] = the ordered sum of `parts` (partial sums over batch ranges), written
@@ -118,8 +90,9 @@ class Linear(Layer):
     In the practical's notation for one example, h~ = W_h x + b_h; a batch stacks examples as rows.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32):
-        super().__init__()
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32,
+                 execution: Execution | None = None):
+        super().__init__(execution)
         self.params["weight"] = np.zeros((out_features, in_features), dtype)
         if bias:
             self.params["bias"] = np.zeros(out_features, dtype)
@@ -138,7 +111,7 @@ class Linear(Layer):
             if bias is not None:
                 out[:, f0:f1] += bias[f0:f1]
 
-        over_batch(run, weight.shape[0], _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
+        self._over(run, weight.shape[0], _matmul_work(x.shape[0], *weight.shape), uses_blas=True)
         return out
 
     def backward(self, dout):
@@ -161,307 +134,90 @@ class Linear(Layer):
             if grad_bias is not None:
                 dout[:, f0:f1].sum(axis=0, out=grad_bias[f0:f1])
 
-        over_batch(weight_part, weight.shape[0], work, uses_blas=True)
+        self._over(weight_part, weight.shape[0], work, uses_blas=True)
         if not self.needs_input_grad:
             return None
         dx = np.empty(x.shape, dout.dtype)
-        over_batch(lambda i0, i1: np.matmul(dout, weight[:, i0:i1], out=dx[:, i0:i1]), weight.shape[1], work,
+        self._over(lambda i0, i1: np.matmul(dout, weight[:, i0:i1], out=dx[:, i0:i1]), weight.shape[1], work,
                    uses_blas=True)
         return dx
 
 
 # ----------------------------------------------------------------------------- Conv2d
 class Conv2d(Layer):
-    """2-D convolution (torch.nn.Conv2d, groups=1).
+    """2-D convolution (torch.nn.Conv2d, groups=1): a dispatcher over the algorithms of conv/.
 
-    Three methods, chosen per input size by `method`: "im2col" (every window copied into a row,
-    one matrix product: the reference), "band" (B neighbouring outputs per product row and a
-    banded weight matrix, see bandconv.py: wide products for thin layers such as LeNet-5's
-    first) and "dft" (stride 1 only, through the Fourier transform, see dftconv.py: 3-4x fewer
-    operations for the practical's 5x5 layers). "auto" takes the method of least modelled
-    time (convcost.py).
-    The weight is kept in PyTorch's (F, C, kh, kw) layout; im2col uses it rearranged as
-    (kh*kw*C, F) to match channels-last im2col rows.
+    Three algorithms, one chosen per input size: "im2col" (conv/im2col.py: every window copied
+    into a row, one matrix product), "band" (conv/band.py: B neighbouring outputs per product row
+    and a banded weight matrix: wide products for thin layers such as LeNet-5's first) and "dft"
+    (conv/dft.py, stride 1 only: through the Fourier transform, 3-4x fewer operations for the
+    practical's 5x5 layers). The layer's execution.conv_method names one, or "auto" takes the one
+    of least modelled time (conv/cost.py). Each algorithm instance owns its buffers and what its
+    forward leaves for its backward; the layer keeps one per input size (`algorithm` is the last
+    forward's). The weight stays in PyTorch's (F, C, kh, kw) layout.
     """
 
-    method = "auto"  # class-wide default; tests and benchmarks set it per layer
-
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, dtype=np.float32):
-        super().__init__()
+                 bias=True, dtype=np.float32, execution: Execution | None = None):
+        super().__init__(execution)
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
         kh, kw = self.kernel_size
         self.params["weight"] = np.zeros((out_channels, in_channels, kh, kw), dtype)
         if bias:
             self.params["bias"] = np.zeros(out_channels, dtype)
-        self._dft_plans: dict = {}
+        self._algorithms: dict = {}
+        self.algorithm = None
 
     def output_size(self, h, w):
         return tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
                      zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
 
-    def _choose(self, H, W, dtype) -> tuple[DFTConv | None, int | None]:
-        """(DFT plan, band block width) for this input size: the DFT plan when the method is
-        the DFT, the block width when it is the banded product, neither for im2col. "auto"
-        takes the method of least modelled time (convcost.py), a fixed method its own."""
+    def _algorithm_for(self, H, W, dtype):
+        """The algorithm instance for this input size: made on first use, by the execution's
+        conv_method ("auto": the least modelled time, conv/cost.py)."""
+        key = (H, W, np.dtype(dtype), self.needs_input_grad)
+        if key in self._algorithms:
+            return self._algorithms[key]
         O, C = self.params["weight"].shape[:2]
         geometry = (H, W, self.kernel_size, self.stride, self.padding, self.dilation, C, O, self.needs_input_grad)
-        methods = ("im2col", "band", "dft") if self.method == "auto" else (self.method,)
-        if self.method == "dft" and self.stride != (1, 1):
+        method = self.execution.conv_method
+        methods = ("im2col", "band", "dft") if method == "auto" else (method,)
+        if method == "dft" and self.stride != (1, 1):
             methods = ("im2col",)  # the DFT computes every output: stride 1 only
-        method, B = convcost.choose(*geometry, methods=methods)
-        if method != "dft":
-            return None, B
-        key = (H, W, np.dtype(dtype))  # a plan holds only matrices fixed by the geometry
-        if key not in self._dft_plans:
-            self._dft_plans[key] = DFTConv(H, W, self.kernel_size, self.padding, self.dilation, dtype)
-        return self._dft_plans[key], None
-
-    def _weight_matrix(self):
-        """(F, C, kh, kw) -> (kh*kw*C, F), the order of an im2col row."""
-        F = self.params["weight"].shape[0]
-        return self.params["weight"].transpose(2, 3, 1, 0).reshape(-1, F)
+        method, B = cost.choose(*geometry, methods=methods)
+        hyper = (self.kernel_size, self.stride, self.padding, self.dilation, self.execution.threads)
+        if method == "dft":
+            algorithm = dft.DFT(*hyper, H, W, dtype)
+        elif method == "band":
+            algorithm = band.Band(*hyper, B)
+        else:
+            algorithm = im2col.Im2col(*hyper)
+        self._algorithms[key] = algorithm
+        return algorithm
 
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, F, Ho, Wo) with Ho = floor((H + 2p - d(k-1) - 1)/s) + 1."""
         xh = _nhwc(x)
-        N, H, W, C = xh.shape
-        self.in_shape = xh.shape
-        self.plan, self.band = self._choose(H, W, xh.dtype)
-        if self.plan is not None:
-            return _nchw(self._forward_dft(xh))
-        if self.band is not None:
-            return _nchw(self._forward_band(xh))
-        return _nchw(self._forward_im2col(xh))
+        _, H, W, _ = xh.shape
+        self.algorithm = self._algorithm_for(H, W, xh.dtype)
+        return _nchw(self.algorithm.forward(xh, self.params["weight"], self.params.get("bias")))
 
     def backward(self, dout):
         """dout: (N, F, Ho, Wo) -> dx: (N, C, H, W); grads weight (F, C, kh, kw), bias (F,)."""
-        if self.plan is not None:
-            dx = self._backward_dft(_nhwc(dout))
-        elif self.band is not None:
-            dx = self._backward_band(_nhwc(dout))
-        else:
-            dx = self._backward_im2col(_nhwc(dout))
-        return None if dx is None else _nchw(dx)
-
-    def _forward_dft(self, xh):
-        """xh (N, H, W, C) -> (N, Ho, Wo, F), through the frequency domain."""
-        plan, N, C = self.plan, len(xh), xh.shape[3]
-        weight, bias = self.params["weight"], self.params.get("bias")
-        F, Q = weight.shape[0], plan.frequencies
-        self.block = plan.weight_block(weight, out=self._scratch("_block", (Q, 2 * C, 2 * F), weight.dtype))
-        spectrum = self._scratch("_spectrum", (N, Q, 2 * C), xh.dtype)
-        mixed = self._scratch("_mixed", (N, Q, 2 * F), xh.dtype)
-        out = np.empty((N, plan.Ho, plan.Wo, F), xh.dtype)
-
-        def run(b0, b1):
-            plan.to_frequency(xh[b0:b1], spectrum[b0:b1])
-            mix(spectrum[b0:b1], self.block, mixed[b0:b1])
-            plan.from_frequency(mixed[b0:b1], out[b0:b1])
-            if bias is not None:
-                out[b0:b1] += bias
-
-        over_batch(run, N, mixed.size, uses_blas=True)
-        self.spectrum = spectrum
-        return out
-
-    def _backward_dft(self, dh):
-        """dh (N, Ho, Wo, F) -> dx (N, H, W, C) or None; sets the gradients. Each step is the
-        transpose of a forward step, in reverse order.
-
-        The weight gradient is a product per frequency over the batch. With many images per
-        thread each thread takes a range of the batch and does every step on it while it is in
-        cache, and the per-thread (Q, 2C, 2F) partial gradients are added; with few (batch 32)
-        adding those costs more than the products, so threads take ranges of frequencies instead."""
-        plan, spectrum, (N, H, W, C) = self.plan, self.spectrum, self.in_shape
-        F, Q = dh.shape[3], plan.frequencies
-        dmixed = self._scratch("_mixed", (N, Q, 2 * F), dh.dtype)
-        dx = np.empty((N, H, W, C), dh.dtype) if self.needs_input_grad else None
-        if dx is not None:
-            block_t = self._scratch("_block_t", (Q, 2 * F, 2 * C), dh.dtype)
-            over_batch(lambda q0, q1: np.copyto(block_t[q0:q1], self.block[q0:q1].transpose(0, 2, 1)), Q, block_t.size)
-
-        def to_mixed(b0, b1):  # dout -> its spectrum, and the bias gradient's part
-            plan.from_frequency_transposed(dh[b0:b1], dmixed[b0:b1])
-            return dh[b0:b1].sum(axis=(0, 1, 2))
-
-        def block_grad(b0, b1, q0=0, q1=Q, out=None):  # the weight block's gradient: images b0..b1, frequencies q0..q1
-            return np.matmul(spectrum[b0:b1, q0:q1].transpose(1, 2, 0), dmixed[b0:b1, q0:q1].transpose(1, 0, 2), out=out)
-
-        def to_input(b0, b1):  # the spectrum is used up: its buffer takes its gradient
-            mix(dmixed[b0:b1], block_t, spectrum[b0:b1])
-            plan.to_frequency_transposed(spectrum[b0:b1], dx[b0:b1])
-
-        if N >= FREQUENCY_SPLIT_BELOW * parallel.thread_count():
-            def run(b0, b1):
-                bias_part = to_mixed(b0, b1)
-                weight_part = block_grad(b0, b1)
-                if dx is not None:
-                    to_input(b0, b1)
-                return weight_part, bias_part
-
-            parts = over_batch(run, N, dmixed.size, uses_blas=True)
-            bias_parts, grad_block = [p[1] for p in parts], parts[0][0]
-            # The partial sums added in range order, into the first, by ranges of frequencies in
-            # parallel: the sum ordered_sum makes, without a fresh array and a serial pass.
-            if len(parts) > 1:
-                over_batch(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=grad_block[q0:q1]),
-                           Q, grad_block.size)
-        else:
-            bias_parts = over_batch(to_mixed, N, dmixed.size, uses_blas=True)
-            grad_block = self._scratch("_grad_block", (Q, 2 * C, 2 * F), dh.dtype)
-            over_batch(lambda q0, q1: block_grad(0, N, q0, q1, out=grad_block[q0:q1]), Q, dmixed.size, uses_blas=True)
-            if dx is not None:
-                over_batch(to_input, N, dmixed.size, uses_blas=True)
-        self._set_grad("weight", [plan.weight_grad(grad_block)])
-        if "bias" in self.params:
+        dx, weight_parts, bias_parts = self.algorithm.backward(_nhwc(dout), self.params["weight"],
+                                                               "bias" in self.params, self.needs_input_grad)
+        self._set_grad("weight", weight_parts)
+        if bias_parts is not None:
             self._set_grad("bias", bias_parts)
-        self.spectrum = self.block = None
-        return dx
-
-    def _band_geometry(self):
-        (_, H, W, _), kw, sw, dil_w = self.in_shape, self.kernel_size[1], self.stride[1], self.dilation[1]
-        Ho, Wo = self.output_size(H, W)
-        B = self.band
-        return Ho, Wo // B, bandconv.block_input_width(B, kw, sw, dil_w)
-
-    def _band_windows(self, xp, Ho, nb, Bw):
-        """(input rows i, output block b, slices into a padded NHWC array) of every copy that builds rows."""
-        (kh, _), (sh, sw), (dil_h, _) = self.kernel_size, self.stride, self.dilation
-        for b in range(nb):
-            for i in range(kh):
-                yield i, b, (slice(None), _window(i, dil_h, sh, Ho), slice(b * self.band * sw, b * self.band * sw + Bw))
-
-    def _forward_band(self, xh):
-        """xh (N, H, W, C) -> (N, Ho, Wo, F), by one banded product (bandconv.py)."""
-        N, H, W, C = xh.shape
-        (kh, _), (ph, pw), (sh, sw), (dil_h, dil_w) = self.kernel_size, self.padding, self.stride, self.dilation
-        Ho, nb, Bw = self._band_geometry()
-        R = Ho * nb  # product rows per image
-        xp = self._scratch("_padded", (N, H + 2 * ph, W + 2 * pw, C), xh.dtype, zero=True) if ph or pw else xh
-        rows = self._scratch("_rows", (N, Ho, nb, kh, Bw, C), xh.dtype)
-        rows2d = rows.reshape(N * R, kh * Bw * C)
-        weight, bias = self.params["weight"], self.params.get("bias")
-        T = bandconv.band_matrix(weight, self.band, sw, dil_w)
-        bias_row = None if bias is None else np.tile(bias, self.band)
-        out = np.empty((N * R, T.shape[1]), xh.dtype)
-        block = _block_images(rows[0].nbytes)
-
-        def run(b0, b1):  # the copy and the product, a few images at a time (still in cache)
-            for c0 in range(b0, b1, block):
-                c1 = min(c0 + block, b1)
-                if ph or pw:
-                    xp[c0:c1, ph:ph + H, pw:pw + W, :] = xh[c0:c1]
-                # A block's rows are the windows of a (kh, Bw) kernel moving B*sw columns at a time.
-                np.copyto(rows[c0:c1], _windows(xp[c0:c1], (Ho, nb), (kh, Bw), (sh, self.band * sw), (dil_h, 1)))
-                np.matmul(rows2d[c0 * R:c1 * R], T, out=out[c0 * R:c1 * R])
-                if bias_row is not None:
-                    out[c0 * R:c1 * R] += bias_row
-
-        over_batch(run, N, rows.size, uses_blas=True)
-        self.rows, self.T = rows2d, T
-        return out.reshape(N, Ho, -1, weight.shape[0])
-
-    def _backward_band(self, dh):
-        """dh (N, Ho, Wo, F) -> dx (N, H, W, C) or None; sets the gradients. The transpose of
-        the forward product, then of the copies."""
-        N, H, W, C = self.in_shape
-        (ph, pw), (_, sw), (_, dil_w) = self.padding, self.stride, self.dilation
-        Ho, nb, Bw = self._band_geometry()
-        R, weight = Ho * nb, self.params["weight"]
-        rows2d, T = self.rows, self.T
-        d2 = dh.reshape(N * R, T.shape[1])
-        dxp = np.empty((N, H + 2 * ph, W + 2 * pw, C), d2.dtype) if self.needs_input_grad else None
-
-        def run(b0, b1):
-            d = d2[b0 * R:b1 * R]
-            grad_T, grad_b = rows2d[b0 * R:b1 * R].T @ d, _column_sums(d)
-            if dxp is not None:
-                for c0 in range(b0, b1, BLOCK_IMAGES):
-                    c1 = min(c0 + BLOCK_IMAGES, b1)
-                    drows = (d2[c0 * R:c1 * R] @ T.T).reshape(c1 - c0, Ho, nb, -1, Bw, C)
-                    dx = dxp[c0:c1]
-                    dx[...] = 0
-                    for i, b, window in self._band_windows(dx, Ho, nb, Bw):
-                        dx[window] += drows[:, :, b, i]
-            return grad_T, grad_b
-
-        parts = over_batch(run, N, rows2d.size, uses_blas=True)
-        self._set_grad("weight", [bandconv.fold(ordered_sum([p[0] for p in parts]), weight.shape, self.band, sw, dil_w)])
-        if "bias" in self.params:
-            self._set_grad("bias", [ordered_sum([p[1] for p in parts]).reshape(self.band, -1).sum(axis=0)])
-        self.rows = self.T = None
-        return None if dxp is None else dxp[:, ph:ph + H, pw:pw + W, :]
-
-    def _forward_im2col(self, xh):
-        """xh (N, H, W, C) -> (N, Ho, Wo, F), by im2col and one product."""
-        N, H, W, C = xh.shape
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        Ho, Wo = self.output_size(H, W)
-        P = Ho * Wo  # output pixels (im2col rows) per image
-        # The padded copy's border is written once (zeros) and only its interior afterwards.
-        xp = self._scratch("_padded", (N, H + 2 * ph, W + 2 * pw, C), xh.dtype, zero=True) if ph or pw else xh
-        cols = self._scratch("_cols", (N, Ho, Wo, kh, kw, C), xh.dtype)
-        cols2d = cols.reshape(N * P, kh * kw * C)
-        weight, bias = self._weight_matrix(), self.params.get("bias")
-        out = np.empty((N * P, weight.shape[1]), xh.dtype)
-
-        def run(b0, b1):  # im2col (one copy from a window view) and the product, for images b0..b1
-            for c0 in range(b0, b1, BLOCK_IMAGES):  # a block's columns are still in cache for the product
-                c1 = min(c0 + BLOCK_IMAGES, b1)
-                if ph or pw:
-                    xp[c0:c1, ph:ph + H, pw:pw + W, :] = xh[c0:c1]
-                np.copyto(cols[c0:c1], _windows(xp[c0:c1], (Ho, Wo), self.kernel_size, self.stride, self.dilation))
-                np.matmul(cols2d[c0 * P:c1 * P], weight, out=out[c0 * P:c1 * P])
-                if bias is not None:
-                    out[c0 * P:c1 * P] += bias
-
-        over_batch(run, N, cols.size, uses_blas=True)
-        self.cols = cols2d
-        return out.reshape(N, Ho, Wo, -1)
-
-    def _backward_im2col(self, dh):
-        """dh (N, Ho, Wo, F) -> dx (N, H, W, C) or None; sets the gradients."""
-        N, H, W, C = self.in_shape
-        (kh, kw), (sh, sw), (ph, pw), (dil_h, dil_w) = self.kernel_size, self.stride, self.padding, self.dilation
-        _, Ho, Wo, F = dh.shape
-        P, Hp, Wp = Ho * Wo, H + 2 * ph, W + 2 * pw
-        d2 = dh.reshape(N * P, F)
-        weight, cols2d = self._weight_matrix(), self.cols
-        dxp = np.empty((N, Hp, Wp, C), d2.dtype) if self.needs_input_grad else None
-
-        def run(b0, b1):  # gradient parts of images b0..b1
-            d = d2[b0 * P:b1 * P]
-            grad_w, grad_b = d.T @ cols2d[b0 * P:b1 * P], d.sum(axis=0)
-            if dxp is not None:
-                # A few images at a time, so dcols is still in cache when col2im reads it back.
-                for c0 in range(b0, b1, BLOCK_IMAGES):
-                    c1 = min(c0 + BLOCK_IMAGES, b1)
-                    dcols = (d2[c0 * P:c1 * P] @ weight.T).reshape(c1 - c0, Ho, Wo, kh, kw, C)
-                    # col2im in two passes with long contiguous runs (kw*C, then C numbers),
-                    # which beats kh*kw passes over runs of C.
-                    rows = np.zeros((c1 - c0, Hp, Wo, kw, C), d2.dtype)  # summed over i, not yet over j
-                    for i in range(kh):
-                        rows[:, _window(i, dil_h, sh, Ho)] += dcols[:, :, :, i]
-                    dx = dxp[c0:c1]
-                    dx[...] = 0
-                    for j in range(kw):
-                        dx[:, :, _window(j, dil_w, sw, Wo)] += rows[:, :, :, j]
-            return grad_w, grad_b
-
-        parts = over_batch(run, N, cols2d.size, uses_blas=True)
-        self._set_grad("weight", [ordered_sum([p[0] for p in parts]).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)])
-        if "bias" in self.params:
-            self._set_grad("bias", [p[1] for p in parts])
-        self.cols = None
-        return None if dxp is None else dxp[:, ph:ph + H, pw:pw + W, :]
+        return None if dx is None else _nchw(dx)
 
 
 # ----------------------------------------------------------------------------- pooling
 class _Pool2d(Layer):
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-        super().__init__()
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 execution: Execution | None = None):
+        super().__init__(execution)
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride if stride is not None else kernel_size)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
@@ -496,10 +252,10 @@ class MaxPool2d(_Pool2d):
     """Max pooling (torch.nn.MaxPool2d): padding counts as -inf, ties go to the first maximum.
 
     A 2x2 window with stride 2 over an even-sized input runs the compiled kernels of compiled.py
-    where Numba is installed (`use_compiled`), other windows the NumPy code below, which is the
-    reference: the two give identical results."""
+    where Numba is installed and the layer's execution allows them (`execution.compiled`), other
+    windows the NumPy code below, which is the reference: the two give identical results."""
 
-    use_compiled = True  # class-wide; tests set it per layer to compare with the NumPy reference
+    has_compiled_kernels = True
 
     def forward(self, x):
         """x: (N, C, H, W) -> out: (N, C, Ho, Wo)."""
@@ -526,7 +282,7 @@ class MaxPool2d(_Pool2d):
                 else:
                     np.maximum(o, v, out=o)
 
-        over_batch(pool, N, xp.size)
+        self._over(pool, N, xp.size)
         # The kernel's backward needs only `first` (which input of each window takes its
         # gradient), not the input and output: 1 byte per output instead of 5 input and output numbers read.
         self.xp, self.out = (None, None) if use_kernel else (xp, out)
@@ -544,8 +300,12 @@ class MaxPool2d(_Pool2d):
             np.copyto(found, k, where=(found < 0) & (self.xp[window] == self.out))
         return found
 
+    def kinks(self):
+        """Where each window's gradient went in the last forward (what gradcheck watches)."""
+        return self.argmax_offsets()
+
     def _compiled_applies(self, H, W) -> bool:
-        return (self.use_compiled and self.kernel_size == (2, 2) and self.stride == (2, 2)
+        return (self.execution.compiled and self.kernel_size == (2, 2) and self.stride == (2, 2)
                 and self.padding == (0, 0) and self.dilation == (1, 1) and H % 2 == 0 and W % 2 == 0
                 and compiled_kernels() is not None)
 
@@ -560,7 +320,7 @@ class MaxPool2d(_Pool2d):
             first, d = self.first, np.ascontiguousarray(dh)
             dx = np.empty((N, H, W, C), dout.dtype)
             kernel = compiled_kernels().maxpool2x2_backward
-            over_batch(lambda b0, b1: kernel(first[b0:b1], d[b0:b1], dx[b0:b1]), N, dx.size)
+            self._over(lambda b0, b1: kernel(first[b0:b1], d[b0:b1], dx[b0:b1]), N, dx.size)
             self.first = None
             return _nchw(dx)
         # Windows that tile the (padded) input, like 2x2 with stride 2, touch every input once:
@@ -587,7 +347,7 @@ class MaxPool2d(_Pool2d):
                     else:
                         dx[window] += d * hit
 
-        over_batch(route, N, dxp.size)
+        self._over(route, N, dxp.size)
         self.xp = self.out = None
         return _nchw(dxp[:, ph:ph + H, pw:pw + W, :])
 
@@ -599,8 +359,8 @@ class AvgPool2d(_Pool2d):
     that lies beyond the right padding, exactly as PyTorch does.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
-        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, execution: Execution | None = None):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode, execution)
 
     def _divisor(self, H, W, Ho, Wo, dtype):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -637,15 +397,15 @@ class AvgPool2d(_Pool2d):
 
 
 # ----------------------------------------------------------------------------- activations
-def _elementwise(fn, *arrays):
-    """fn(*slices, out=slice) over batch ranges in parallel; out has the shape and memory
-    layout of arrays[0]."""
+def _elementwise(fn, *arrays, threads: int):
+    """fn(*slices, out=slice) over batch ranges in parallel on `threads`; out has the shape and
+    memory layout of arrays[0]."""
     out = np.empty_like(arrays[0])
 
     def run(b0, b1):
         fn(*(a[b0:b1] for a in arrays), out=out[b0:b1])
 
-    over_batch(run, len(out), out.size)
+    over_batch(run, len(out), out.size, threads=threads)
     return out
 
 
@@ -664,22 +424,26 @@ class ReLU(Layer):
     """max(x, 0), element-wise; any shape."""
 
     def forward(self, x):
-        self.out = _elementwise(lambda a, out: np.maximum(a, 0, out=out), x)
+        self.out = _elementwise(lambda a, out: np.maximum(a, 0, out=out), x, threads=self.execution.threads)
         return self.out
 
     def backward(self, dout):
-        return _elementwise(_relu_backward, dout, self.out)
+        return _elementwise(_relu_backward, dout, self.out, threads=self.execution.threads)
+
+    def kinks(self):
+        """Which inputs were above zero in the last forward (what gradcheck watches)."""
+        return self.out > 0
 
 
 class Tanh(Layer):
     """tanh, element-wise; any shape. The practical: h = tanh(h~), and dh/dh~ = 1 - tanh^2(h~)."""
 
     def forward(self, x):
-        self.out = _elementwise(lambda a, out: np.tanh(a, out=out), x)
+        self.out = _elementwise(lambda a, out: np.tanh(a, out=out), x, threads=self.execution.threads)
         return self.out
 
     def backward(self, dout):
-        return _elementwise(_tanh_backward, dout, self.out)
+        return _elementwise(_tanh_backward, dout, self.out, threads=self.execution.threads)
 
 
 class Sigmoid(Layer):
@@ -709,8 +473,8 @@ class Dropout(Layer):
     scale the rest by 1/(1-p); identity in eval mode. Masks come from `self.rng`, a
     numpy Generator the owner sets (Sequential.set_rng)."""
 
-    def __init__(self, p=0.5):
-        super().__init__()
+    def __init__(self, p=0.5, execution: Execution | None = None):
+        super().__init__(execution)
         self.p = float(p)
         self.rng = np.random.default_rng(0)
 
@@ -731,14 +495,15 @@ class _BatchNorm(Layer):
     batch statistics in training (biased variance to normalize, unbiased for the running
     estimate), running statistics in eval; running = (1 - momentum) * running + momentum * batch.
 
-    In training, where Numba is installed (`use_compiled`), the compiled kernels of compiled.py
+    In training, where Numba is installed and the execution allows them (`execution.compiled`),
+    the compiled kernels of compiled.py
     run on C-contiguous rows: a few whole passes instead of the NumPy reference's many, with the
     per-channel sums in float64 (so equal to the reference to rounding, not to the bit)."""
 
-    use_compiled = True  # class-wide; tests set it per layer to compare with the NumPy reference
+    has_compiled_kernels = True
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
-        super().__init__()
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32, execution: Execution | None = None):
+        super().__init__(execution)
         self.eps, self.momentum = float(eps), float(momentum)
         self.params["weight"] = np.ones(num_features, dtype)
         self.params["bias"] = np.zeros(num_features, dtype)
@@ -754,10 +519,10 @@ class _BatchNorm(Layer):
         if not self.training:
             scale = gamma / np.sqrt(self.buffers["running_var"] + self.eps)
             shift = beta - self.buffers["running_mean"] * scale
-            over_batch(lambda r0, r1: np.add(x[r0:r1] * scale, shift, out=out[r0:r1]), M, x.size)
+            self._over(lambda r0, r1: np.add(x[r0:r1] * scale, shift, out=out[r0:r1]), M, x.size)
             self.centered, self.inv_std, self.eval_scale, self.mean = None, None, scale, None
             return out
-        kernels = compiled_kernels() if self.use_compiled and x.flags.c_contiguous else None
+        kernels = compiled_kernels() if self.execution.compiled and x.flags.c_contiguous else None
         if kernels is not None:
             return self._forward_compiled(x, out, kernels)
         # Element-wise work on rows of k*C numbers ("wide"), with the per-channel vectors tiled
@@ -765,7 +530,7 @@ class _BatchNorm(Layer):
         k = _widening(M, C)
         xw, outw = x.reshape(M // k, k * C), out.reshape(M // k, k * C)
         centered = self._scratch("_centered", xw.shape, x.dtype)
-        mean = _fold(ordered_sum(over_batch(lambda r0, r1: _column_sums(xw[r0:r1]), len(xw), x.size)), C) / M
+        mean = _fold(ordered_sum(self._over(lambda r0, r1: _column_sums(xw[r0:r1]), len(xw), x.size)), C) / M
         mean_w = np.tile(mean, k)
 
         def center(r0, r1):
@@ -775,7 +540,7 @@ class _BatchNorm(Layer):
                 total = total + _column_sums(np.square(centered[c0:c1]))
             return total
 
-        var = _fold(ordered_sum(over_batch(center, len(xw), x.size)), C) / M  # biased: used to normalize
+        var = _fold(ordered_sum(self._over(center, len(xw), x.size)), C) / M  # biased: used to normalize
         inv_std = 1 / np.sqrt(var + self.eps)
         scale_w, beta_w = np.tile(gamma * inv_std, k), np.tile(beta, k)
 
@@ -783,7 +548,7 @@ class _BatchNorm(Layer):
             np.multiply(centered[r0:r1], scale_w, out=outw[r0:r1])
             outw[r0:r1] += beta_w
 
-        over_batch(normalize, len(xw), x.size)
+        self._over(normalize, len(xw), x.size)
         self._update_running(mean, var, M)
         # Backward needs xhat = centered * inv_std; keeping the centered values saves a pass.
         self.centered, self.inv_std, self.mean = centered, inv_std, None
@@ -792,12 +557,12 @@ class _BatchNorm(Layer):
     def _forward_compiled(self, x, out, kernels):
         """The training forward by compiled.py's kernels: sums, centered squares, normalize."""
         M, dtype = len(x), x.dtype
-        mean64 = ordered_sum(over_batch(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1]), M, x.size)) / M
-        var64 = ordered_sum(over_batch(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1], mean64), M, x.size)) / M
+        mean64 = ordered_sum(self._over(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1]), M, x.size)) / M
+        var64 = ordered_sum(self._over(lambda r0, r1: kernels.batchnorm_sums(x[r0:r1], mean64), M, x.size)) / M
         mean, var = mean64.astype(dtype), var64.astype(dtype)
         inv_std = 1 / np.sqrt(var + self.eps)
         scale, beta = self.params["weight"] * inv_std, self.params["bias"]
-        over_batch(lambda r0, r1: kernels.batchnorm_normalize(x[r0:r1], mean, scale, beta, out[r0:r1]), M, x.size)
+        self._over(lambda r0, r1: kernels.batchnorm_normalize(x[r0:r1], mean, scale, beta, out[r0:r1]), M, x.size)
         self._update_running(mean, var, M)
         # Backward recomputes x - mean from x (kept in x2d), which costs less than storing it.
         self.centered, self.inv_std, self.mean = None, inv_std, mean
@@ -832,7 +597,7 @@ class _BatchNorm(Layer):
                 dcentered = dcentered + _column_sums(dout_w[c0:c1] * centered[c0:c1])
             return dbeta, dcentered
 
-        parts = over_batch(sums, len(dout_w), dout.size)
+        parts = self._over(sums, len(dout_w), dout.size)
         dbeta = _fold(ordered_sum([p[0] for p in parts]), C)
         dgamma = _fold(ordered_sum([p[1] for p in parts]), C) * inv_std
         self._set_grad("bias", [dbeta])
@@ -852,7 +617,7 @@ class _BatchNorm(Layer):
                 d *= scale_w
                 d -= shift_w
 
-        over_batch(run, len(dout_w), dout.size)
+        self._over(run, len(dout_w), dout.size)
         self.centered = None
         return dx.reshape(M, C)
 
@@ -860,7 +625,7 @@ class _BatchNorm(Layer):
         """The training backward by compiled.py's kernels (the same formula as _backward_2d)."""
         kernels, x, mean, inv_std = compiled_kernels(), self.x2d, self.mean, self.inv_std
         d, (M, C), dtype = np.ascontiguousarray(dout), dout.shape, dout.dtype
-        parts = over_batch(lambda r0, r1: kernels.batchnorm_backward_sums(x[r0:r1], mean, d[r0:r1]), M, d.size)
+        parts = self._over(lambda r0, r1: kernels.batchnorm_backward_sums(x[r0:r1], mean, d[r0:r1]), M, d.size)
         dbeta = ordered_sum([p[0] for p in parts]).astype(dtype)
         dgamma = ordered_sum([p[1] for p in parts]).astype(dtype) * inv_std
         self._set_grad("bias", [dbeta])
@@ -868,7 +633,7 @@ class _BatchNorm(Layer):
         scale = self.params["weight"] * inv_std
         shift, xhat_factor = scale * dbeta / M, inv_std * dgamma / M
         dx = np.empty((M, C), dtype)
-        over_batch(lambda r0, r1: kernels.batchnorm_backward_dx(x[r0:r1], mean, d[r0:r1], xhat_factor, scale, shift,
+        self._over(lambda r0, r1: kernels.batchnorm_backward_dx(x[r0:r1], mean, d[r0:r1], xhat_factor, scale, shift,
                                                                 dx[r0:r1]), M, d.size)
         self.mean = None
         return dx
@@ -885,12 +650,6 @@ def _widening(M: int, C: int) -> int:
 def _fold(wide_sums: np.ndarray, C: int) -> np.ndarray:
     """(k*C,) sums of wide rows -> (C,) per-channel sums."""
     return wide_sums.reshape(-1, C).sum(axis=0)
-
-
-def _column_sums(a: np.ndarray) -> np.ndarray:
-    """(M, C) -> (C,): a matrix-vector product, which streams the rows far faster than
-    a.sum(axis=0) does for a few dozen columns."""
-    return np.ones(len(a), a.dtype) @ a
 
 
 def _row_chunks(r0, r1, columns, elements=1 << 16):

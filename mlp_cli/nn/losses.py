@@ -48,3 +48,13 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, label_smoothin
         grad -= label_smoothing / K
     grad /= N  # (y^ - y) / N
     return float(loss), grad.astype(logits.dtype, copy=False)
+
+
+def loss_function(execution):
+    """The softmax cross-entropy of an engine: this module's for the fast one, reference.py's for
+    the reference. Both take (logits, labels, label_smoothing) and return (loss, dlogits)."""
+    if execution is not None and execution.reference:
+        from mlp_cli.nn.reference import softmax_cross_entropy as reference_loss
+
+        return reference_loss
+    return softmax_cross_entropy

@@ -1,16 +1,22 @@
-"""Sequential container and the builder that turns an architecture into layers."""
+"""Sequential container and the builder that turns an architecture into layers: the fast ones
+(layers.py) or, with Execution(engine="reference"), the reference ones (reference.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli import registry as R
+from mlp_cli import registry
 from mlp_cli.nn import init as initializers
 from mlp_cli.nn import layers as L
+from mlp_cli.nn import reference as R
+from mlp_cli.nn.execution import Execution
 
-LAYERS = {t.torch: getattr(L, t.fast) for t in R.LAYER_TYPES}  # the architecture's type -> the fast class
-_TAKES_DTYPE = tuple(t.torch for t in R.LAYER_TYPES if t.floats)
-_INITIALIZED = tuple(t.torch for t in R.LAYER_TYPES if t.weights)  # model.init sets their weight and bias
+LAYERS = {t.torch: getattr(L, t.fast) for t in registry.LAYER_TYPES}  # the architecture's type -> the fast class
+# The same names, constructor arguments and interface:
+REFERENCE_LAYERS = {t.torch: getattr(R, t.reference) for t in registry.LAYER_TYPES}
+_TAKES_DTYPE = tuple(t.torch for t in registry.LAYER_TYPES if t.floats)
+_INITIALIZED = tuple(t.torch for t in registry.LAYER_TYPES if t.weights)  # model.init sets their weight and bias
+_DROPOUT = (L.Dropout, R.Dropout)
 
 
 class Sequential:
@@ -19,6 +25,7 @@ class Sequential:
     def __init__(self, layers: list[L.Layer]):
         self.layers = layers
         self.order = _execution_order(layers)
+        self.execution = Execution()  # how build made the layers run
 
     def train(self):
         for layer in self.layers:
@@ -33,7 +40,7 @@ class Sequential:
     def set_rng(self, rng: np.random.Generator):
         """Give the random layers (dropout) the generator to draw their masks from."""
         for layer in self.layers:
-            if isinstance(layer, L.Dropout):
+            if isinstance(layer, _DROPOUT):
                 layer.rng = rng
 
     def forward(self, x):
@@ -106,7 +113,7 @@ def _execution_order(layers: list[L.Layer]) -> list[int]:
     element, except where tanh rounds two different inputs of one window to the same value:
     the given order then routes it to the first of them, this order to the larger input (the
     exact derivative's choice); the value routed is the same. Names and indices (state dicts,
-    gradcheck) keep the given order."""
+    gradcheck) keep the given order. Only the fast layers are reordered: the reference runs as given."""
     order = list(range(len(layers)))
     i = 0
     while i < len(order) - 1:
@@ -119,23 +126,34 @@ def _execution_order(layers: list[L.Layer]) -> list[int]:
 
 
 def build(architecture: list[dict], *, rng: np.random.Generator | None = None, weight_init: str = "default",
-          init_std: float | None = None, bias_init: str = "default", dtype=np.float32) -> Sequential:
+          init_std: float | None = None, bias_init: str = "default", dtype=np.float32,
+          execution: Execution | None = None) -> Sequential:
     """Build a Sequential from an architecture (PyTorch-vocabulary dicts, see docs/design.md),
-    initializing Linear and Conv2d weights with `weight_init` and biases with `bias_init`."""
+    initializing Linear and Conv2d weights with `weight_init` and biases with `bias_init`.
+    Every layer runs as `execution` says (default: Execution(), the fast engine on one thread);
+    the reference engine's layers take the same initial weights from `rng`, in the same order."""
     rng = rng if rng is not None else np.random.default_rng(0)
+    execution = execution if execution is not None else Execution()
     layers = []
     for spec in architecture:
         spec = dict(spec)
         kind = spec.pop("type")
-        cls = LAYERS[kind]
-        layer = cls(**spec, dtype=dtype) if kind in _TAKES_DTYPE else cls(**spec)
+        if kind in _TAKES_DTYPE:
+            spec["dtype"] = dtype
+        if execution.reference:
+            layer = REFERENCE_LAYERS[kind](**spec)
+        else:
+            layer = LAYERS[kind](**spec, execution=execution)
         if kind in _INITIALIZED:
             w = layer.params["weight"]
             w[...] = initializers.init_weight(w.shape, weight_init, rng, dtype, init_std)
             if "bias" in layer.params:
                 layer.params["bias"][...] = initializers.init_bias(w.shape, bias_init, rng, dtype)
         layers.append(layer)
-    return _flatten(Sequential(layers))
+    model = Sequential(layers)
+    model.execution = execution
+    # The reference keeps each array on its own, as its functions return them.
+    return model if execution.reference else _flatten(model)
 
 
 def _flatten(model: Sequential) -> Sequential:

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from mlp_cli.nn import compiled_kernels
+from mlp_cli.nn.execution import Execution
 
 __all__ = [
     "sgd_update", "adam_update", "adamw_update",
@@ -172,7 +173,8 @@ class Optimizer:
     is the config's lr, the schedule's starting point.
     """
 
-    def __init__(self, cfg_optim):
+    def __init__(self, cfg_optim, execution: Execution | None = None):
+        self.execution = execution if execution is not None else Execution()
         name = cfg_optim.name
         if name not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
@@ -196,6 +198,9 @@ class Optimizer:
             raise KeyError(f"no gradient for parameter(s) {', '.join(sorted(missing))}")
         if self._check_state:
             self._adopt_loaded_state(params)
+        if self.execution.reference:
+            self._reference_step(params, grads, lr)
+            return
         if self.name == "sgd" and self._flat_sgd(params, grads, lr):
             return
         for name, param in params.items():
@@ -207,6 +212,27 @@ class Optimizer:
                 adam_update(param, grads[name], state, lr=lr, betas=self.betas, eps=self.eps,
                             weight_decay=self.weight_decay,
                             decoupled_weight_decay=self.name == "adamw")
+
+    def _reference_step(self, params, grads, lr) -> None:
+        """The step by reference.py's updates, which return new arrays: copied into the parameters
+        (the network's arrays stay the same objects), the new state kept as this optimizer's."""
+        from mlp_cli.nn import reference as R
+
+        for name, param in params.items():
+            state, grad = self.state.get(name, {}), grads[name]
+            if self.name == "sgd":
+                new, state = R.sgd_update(param, grad, state, lr=lr, momentum=self.momentum, nesterov=self.nesterov,
+                                          weight_decay=self.weight_decay)
+            elif self.name == "adam":
+                new, state = R.adam_update(param, grad, state, lr=lr, betas=self.betas, eps=self.eps,
+                                           weight_decay=self.weight_decay)
+            else:
+                new, state = R.adamw_update(param, grad, state, lr=lr, betas=self.betas, eps=self.eps,
+                                            weight_decay=self.weight_decay)
+            param[...] = new
+            # A first momentum buffer is the gradient array itself: keep a copy, not the layer's array.
+            self.state[name] = {k: v.copy() if isinstance(v, np.ndarray) and np.shares_memory(v, grad) else v
+                                for k, v in state.items()}
 
     def _flat_sgd(self, params, grads, lr) -> bool:
         """The SGD step as one `sgd_update` over whole buffers, when the parameters are
@@ -234,7 +260,7 @@ class Optimizer:
                 return False
             self._flat = (*flat, state, np.empty_like(flat[0]))
         flat_params, flat_grads, state, scratch = self._flat
-        kernels = compiled_kernels()
+        kernels = compiled_kernels() if self.execution.compiled else None
         if kernels is not None and state.get("momentum_buffer") is not None:  # one compiled pass, same bits
             kernels.sgd_momentum_update(flat_params, flat_grads, state["momentum_buffer"], lr=lr,
                                         momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)

@@ -1,59 +1,70 @@
-"""Spread the work of a layer over the CPU cores, one contiguous range of the batch per thread.
+"""Spread the work of a layer over the CPU cores: the job is cut into a fixed number of blocks,
+and the threads take the blocks.
 
 NumPy releases the GIL inside its loops and BLAS calls, so Python threads that each take a
-slice of the batch (im2col copy, matrix product, col2im, pooling, activations) run in
+block of the batch (im2col copy, matrix product, col2im, pooling, activations) run in
 parallel, and each works on data small enough to stay in its core's cache. BLAS is then best
 kept to one thread of its own (`single_threaded_blas`), or its threads and ours would fight
-for the same cores. Reductions over the batch (weight gradients) add the per-range partial
-results in range order, so a run is reproducible for a given thread count.
+for the same cores.
+
+The thread count changes the speed, never a bit: how a job is cut (`blocks`) depends on the
+job's size alone, never on the threads, which only decide who computes which block. Every block
+is the same call with the same shapes on 1, 2 or 3 threads, and reductions over the batch (weight
+gradients) add the per-block partial results in block order (`ordered_sum`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Below this many elements a job is too small to be worth a thread hand-off.
+# Below this many elements a job is too small to be worth a thread hand-off: one block.
 MIN_PARALLEL_SIZE = 1 << 16
+# The blocks a larger job is cut into, whatever the thread count: the split two threads made
+# before results were made independent of the threads, so that two threads (the machines this was
+# tuned on) run exactly as fast as they did. More threads than blocks wait. Raising it lets more
+# cores help, and changes every result once, for every thread count alike.
+BLOCKS = 2
 
-
-@functools.cache  # asked for by every layer call: read the environment once per process
-def thread_count() -> int:
-    env = os.environ.get("MLP_CLI_THREADS")
-    return max(1, int(env)) if env else max(1, min(os.cpu_count() or 1, 8))
-
-
-_pool: ThreadPoolExecutor | None = None
 _blas_single_threaded = False  # set while single_threaded_blas() is active
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=thread_count() - 1, thread_name_prefix="mlp-cli")
-    return _pool
+@functools.cache  # one pool per size, made on first use: a resource, not a setting
+def _executor(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlp-cli")
 
 
-def over_batch(fn, n: int, size: int, uses_blas: bool = False) -> list:
-    """Call fn(start, stop) on contiguous ranges covering [0, n), in parallel when worth it,
-    and return the results in range order.
+def blocks(n: int, size: int) -> int:
+    """How many blocks a job over [0, n) touching `size` elements is cut into (never the threads')."""
+    return 1 if n < 2 or size < MIN_PARALLEL_SIZE else min(BLOCKS, n)
 
-    `size` is the number of elements the whole job touches, used to skip threads for small jobs.
-    A job with matrix products (`uses_blas`) runs in one piece unless BLAS is single-threaded,
-    since BLAS's own threads already use the cores.
+
+def over_batch(fn, n: int, size: int, uses_blas: bool = False, *, threads: int) -> list:
+    """Call fn(start, stop) on the `blocks(n, size)` contiguous blocks covering [0, n) and return
+    the results in block order, the blocks shared out over `threads` threads (the layer's
+    Execution.threads), each thread taking consecutive blocks.
+
+    `size` is the number of elements the whole job touches. A job with matrix products
+    (`uses_blas`) runs its blocks one after the other unless BLAS is single-threaded, since BLAS's
+    own threads already use the cores; the blocks, and so the results, are the same.
     """
-    threads = thread_count()
-    if threads == 1 or n < 2 or size < MIN_PARALLEL_SIZE or (uses_blas and not _blas_single_threaded):
-        return [fn(0, n)]
-    parts = min(threads, n)
-    bounds = [n * k // parts for k in range(parts + 1)]
-    futures = [_executor().submit(fn, bounds[k], bounds[k + 1]) for k in range(1, parts)]
-    first = fn(bounds[0], bounds[1])  # this thread takes the first range
-    return [first] + [f.result() for f in futures]
+    count = blocks(n, size)
+    bounds = [n * k // count for k in range(count + 1)]
+    workers = min(threads, count)
+    if workers == 1 or (uses_blas and not _blas_single_threaded):
+        return [fn(bounds[k], bounds[k + 1]) for k in range(count)]
+
+    def share(w):  # worker w's consecutive blocks
+        return [fn(bounds[k], bounds[k + 1]) for k in range(w * count // workers, (w + 1) * count // workers)]
+
+    futures = [_executor(workers - 1).submit(share, w) for w in range(1, workers)]
+    results = share(0)  # this thread takes the first share
+    for f in futures:
+        results += f.result()
+    return results
 
 
 def ordered_sum(parts, out=None):

@@ -80,8 +80,10 @@ def run_trial(tune_config: dict, *, configs: dict, hparams: dict, out: str, env:
             tune.report(dict(last))
 
     try:
+        from mlp_cli.nn.execution import Execution
+
         train.fit(cfg, run_dir, resume=rundir.has_run(run_dir), console=train.Console(quiet=True), on_epoch=report,
-                  hparams=hparams[name])
+                  hparams=hparams[name], execution=Execution.from_env())
     except train.Interrupted:
         raise
     except (RuntimeFailure, UsageError) as e:  # divergence, missing data, the run in use elsewhere

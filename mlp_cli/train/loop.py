@@ -50,26 +50,31 @@ class RunResult:
 
 def fit(cfg: Config | None, run_dir, *, resume: bool = False, overrides=(), from_epoch: int | None = None,
         console: Console | None = None, on_epoch=None, command: str | None = None,
-        hparams: dict | None = None) -> RunResult:
+        hparams: dict | None = None, execution=None) -> RunResult:
     """Train `cfg` into `run_dir`: a new run, or with resume=True the run already there, whose saved
     config (with `overrides`) is used, from its last committed epoch (or `from_epoch`).
 
     `on_epoch(row, committed, final)` is called after each epoch with its metrics row (numbers),
     whether the epoch is committed to disk yet (see COMMIT_INTERVAL) and whether it is the run's
-    last. `hparams` (a sweep trial's varied keys) go into the TensorBoard log. Raises
+    last. `hparams` (a sweep trial's varied keys) go into the TensorBoard log. `execution` (an
+    nn.execution.Execution, default Execution.from_env()) says which engine and how many threads
+    run it; it is recorded in history.yaml. Raises
     ConfigError/ShapeError/UsageError before anything is written; SaveError, DataError,
     Divergence, Interrupted."""
+    from mlp_cli.nn.execution import Execution
+
     console = console or Console()
+    execution = execution if execution is not None else Execution.from_env()
     if resume:
-        run, cfg, state = runstate.reopen(run_dir, overrides, from_epoch, command, console)
+        run, cfg, state = runstate.reopen(run_dir, overrides, from_epoch, command, console, execution)
     else:
-        run, cfg, state = runstate.create(cfg, run_dir, command)
+        run, cfg, state = runstate.create(cfg, run_dir, command, execution)
     from mlp_cli.nn.parallel import single_threaded_blas
 
     signals = StopSignals()
     try:
         with signals, single_threaded_blas():
-            trainer = Trainer(run, cfg, state, console)
+            trainer = Trainer(run, cfg, state, console, execution)
             if hparams is not None and cfg.train.tensorboard:
                 events.write_trial_hparams(run.path, hparams, run.path.name)
             return trainer.run(signals, on_epoch)
@@ -92,10 +97,12 @@ class Trainer:
     """One run's epochs: the data, the network and its optimizer, and the run's bookkeeping
     (metrics rows, the best epoch, the epochs finished but not yet committed)."""
 
-    def __init__(self, run: RunDir, cfg: Config, state: State, console: Console):
+    def __init__(self, run: RunDir, cfg: Config, state: State, console: Console, execution):
         from mlp_cli import data
+        from mlp_cli.nn.losses import loss_function
 
         self.run_dir, self.run_files, self.cfg, self.console = run.path, run, cfg, console
+        self.execution, self.loss = execution, loss_function(execution)  # the engine's loss
         input_shape, infos = check_network(cfg)
         architecture = shapes.architecture(infos)
         # All three splits before the first epoch: a problem with the test data must not wait for the end.
@@ -118,13 +125,14 @@ class Trainer:
         from mlp_cli.nn import warm_up_compiled
         from mlp_cli.nn.optim import Optimizer
 
-        cfg = self.cfg
-        self.model = build_network(cfg, architecture)
+        cfg, execution = self.cfg, self.execution
+        self.model = build_network(cfg, architecture, execution=execution)
         self.model.skip_input_gradient()
-        self.optimizer = Optimizer(cfg.optim)
-        # A layer class with compiled kernels says so by its `use_compiled` switch.
-        if any(getattr(layer, "use_compiled", False) for layer in self.model.layers) or (
-                self.optimizer.name == "sgd" and self.optimizer.momentum):
+        self.optimizer = Optimizer(cfg.optim, execution)
+        # A layer class with compiled kernels says so (`has_compiled_kernels`); the execution may forbid them.
+        if execution.compiled and not execution.reference and (
+                any(getattr(layer, "has_compiled_kernels", False) for layer in self.model.layers)
+                or (self.optimizer.name == "sgd" and self.optimizer.momentum)):
             # Their compiled kernels load on first use (Numba's import and the cached machine code,
             # about 0.3 s): now, so that no epoch's `seconds` carries it.
             warm_up_compiled(np.float32)
@@ -139,7 +147,7 @@ class Trainer:
             live = self.model.state_dict()
             self.ema = state.ema if state.ema is not None else {k: v.copy() for k, v in live.items()}
             self.ema_pairs = steps.ema_pairs(self.ema, live)
-            self.evaluated = build_network(cfg, architecture)
+            self.evaluated = build_network(cfg, architecture, execution=execution)
             self.evaluated.skip_input_gradient()
 
     # ------------------------------------------------------------------------- the skeleton
@@ -211,7 +219,6 @@ class Trainer:
     def train_epoch(self, epoch: int, lr: float, log: events.EventLog | None) -> tuple[float, float, float]:
         """One pass over the training split; returns its mean loss, accuracy and seconds."""
         from mlp_cli import data
-        from mlp_cli.nn.losses import softmax_cross_entropy
         from mlp_cli.nn.optim import ema_update
 
         cfg, model = self.cfg, self.model
@@ -228,7 +235,7 @@ class Trainer:
         for step, (x, y) in enumerate(bar):
             with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss, checked at once
                 logits = model.forward(x)
-                loss, dlogits = softmax_cross_entropy(logits, y, cfg.train.label_smoothing)
+                loss, dlogits = self.loss(logits, y, cfg.train.label_smoothing)
             steps.check_batch_loss(loss, epoch, step, lr, cfg.optim.lr, self.run_dir)
             model.backward(dlogits)
             self.optimizer.step(model.named_params(), model.named_grads(), lr)
@@ -320,7 +327,7 @@ class Trainer:
             return None
         cfg = self.cfg
         best = checkpoint.load(best_path)
-        best_model = checkpoint.load_model(best)
+        best_model = checkpoint.load_model(best, execution=self.execution)
         logits = predict(best_model, self.test_split, batch_size=cfg.train.eval_batch_size, normalization=self.norm,
                          augment=cfg.data.augment)
         test = checkpoint_result(best_path, best, "test", metrics_from_logits(logits, self.test_split.y, len(self.classes)))

@@ -33,12 +33,15 @@ def check_network(cfg: Config, *, batch_size: int | None = None, dtype=np.float3
     return input_shape, infos
 
 
-def build_network(cfg: Config, architecture: list[dict], dtype=np.float32):
-    """The engine network of a config, initialized from its seed as `mlp-cli train` does."""
+def build_network(cfg: Config, architecture: list[dict], dtype=np.float32, execution=None):
+    """The engine network of a config, initialized from its seed as `mlp-cli train` does, run as
+    `execution` says (an nn.execution.Execution; default: Execution.from_env())."""
+    from mlp_cli.nn.execution import Execution
     from mlp_cli.nn.model import build
 
     return build(architecture, rng=np.random.default_rng(cfg.seed), weight_init=cfg.model.init.weight,
-                 init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype)
+                 init_std=cfg.model.init.std, bias_init=cfg.model.init.bias, dtype=dtype,
+                 execution=execution if execution is not None else Execution.from_env())
 
 
 def check_outputs(infos, num_classes: int, dataset: str) -> None:

@@ -132,8 +132,8 @@ def checked_state(run: RunDir, from_epoch: int | None) -> State:
 
 
 # ----------------------------------------------------------------------------- starting and resuming
-def create(cfg: Config, run_dir, command: str | None) -> tuple[RunDir, Config, State]:
-    """A new run directory for `cfg`. Raises ConfigError/ShapeError before anything is written,
+def create(cfg: Config, run_dir, command: str | None, execution) -> tuple[RunDir, Config, State]:
+    """A new run directory for `cfg`, its history recording `execution` (engine, threads). Raises ConfigError/ShapeError before anything is written,
     UsageError if the folder holds a run or is in use, SaveError if it cannot be written."""
     from mlp_cli import data
     from mlp_cli.train.network import check_network
@@ -141,22 +141,25 @@ def create(cfg: Config, run_dir, command: str | None) -> tuple[RunDir, Config, S
     rundir.check_creatable(run_dir)  # before any file of the data set is read
     cfg = data.resolve_config(cfg)  # what config.yaml records: the absolute data root, the image size
     check_network(cfg)
-    history = [{"from_epoch": 1, "command": command or _command(), "at": _now()}]
+    history = [{"from_epoch": 1, "command": command or _command(), "at": _now(), **execution.record()}]
     run = RunDir.create(run_dir, {"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
     return run, cfg, State()
 
 
-def reopen(run_dir, overrides, from_epoch: int | None, command: str | None, console) -> tuple[RunDir, Config, State]:
+def reopen(run_dir, overrides, from_epoch: int | None, command: str | None, console,
+           execution) -> tuple[RunDir, Config, State]:
     """The run in `run_dir` at its last committed epoch (or `from_epoch`), with `overrides` of its
     config. Overrides of seed, data or model are refused (UsageError): they would change what the
-    finished epochs mean. The others hold from the next epoch on and are recorded in history.yaml."""
+    finished epochs mean. The others hold from the next epoch on and are recorded in history.yaml,
+    as is `execution` when it is not the last recorded one: the engine and threads are settings of
+    each invocation, not of the run."""
     run = RunDir.open(run_dir)
     if run.restored:
         console.warn(f"{', '.join(run.restored)} in {run.path} had been replaced since the last commit and is the "
                      "committed version again; to change a setting of the run, pass it on the command line: "
                      f"mlp-cli train --resume {run.path} KEY=VALUE")
     try:
-        cfg, state = _reopened(run, overrides, from_epoch, command, console)
+        cfg, state = _reopened(run, overrides, from_epoch, command, console, execution)
     except BaseException:
         run.release()
         raise
@@ -165,7 +168,7 @@ def reopen(run_dir, overrides, from_epoch: int | None, command: str | None, cons
     return run, cfg, state
 
 
-def _reopened(run: RunDir, overrides, from_epoch, command, console) -> tuple[Config, State]:
+def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -> tuple[Config, State]:
     import yaml
 
     from mlp_cli import config, data
@@ -197,11 +200,14 @@ def _reopened(run: RunDir, overrides, from_epoch, command, console) -> tuple[Con
         raise UsageError(f"{run.path} already has {state.epoch} epochs, so {', '.join(sorted(changed))} "
                          f"would hold for no epoch; add train.epochs={state.epoch + 1} (or more) to train "
                          f"further with them")
-    if changed:
-        _warn_schedule(console, cfg, state, saved)
-        history = yaml.safe_load(run.read("history.yaml") or b"") or []
-        history.append({"from_epoch": state.epoch + 1, "command": command or _command(), "at": _now(),
-                        "changed": {k: {"from": old, "to": new} for k, (old, new) in changed.items()}})
+    history = yaml.safe_load(run.read("history.yaml") or b"") or []
+    ran_as = execution.record()
+    if changed or not history or any(history[-1].get(k) != v for k, v in ran_as.items()):
+        entry = {"from_epoch": state.epoch + 1, "command": command or _command(), "at": _now(), **ran_as}
+        if changed:
+            _warn_schedule(console, cfg, state, saved)
+            entry["changed"] = {k: {"from": old, "to": new} for k, (old, new) in changed.items()}
+        history.append(entry)
         run.commit({"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
     return cfg, state
 

@@ -22,18 +22,25 @@ pad..pad+H-1 of a period of Ph, the reads that run past the right padding wrap i
 pad_h positions, which hold zeros too (a period of H + 2*pad_h would be safe as well, and costs
 20-30% more for the practical's 16x16 and 8x8 layers). The backward pass is the
 transpose of each step in reverse order, so it is the exact gradient of what forward computed.
-The im2col path in layers.Conv2d is the reference these are tested against.
+Like im2col (im2col.py) it computes reference.conv2d_forward/backward, and is tested equal to them.
+`DFTConv` holds the fixed matrices of one geometry; `DFT`, the algorithm layers.Conv2d runs, holds
+one DFTConv and the buffers of its passes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from mlp_cli.nn import conv, parallel
 from mlp_cli.nn.parallel import ordered_sum, over_batch
+
+# Below this many images a block (parallel.BLOCKS of the batch), the weight gradient is split by
+# frequencies instead of by batch blocks (DFT.backward).
+FREQUENCY_SPLIT_BELOW = 32
 
 
 def cost(H, W, kernel, padding, dilation, C, O) -> tuple[int, int]:
-    """Multiply-adds per image of (this method, im2col) for one forward pass (convcost.py turns
+    """Multiply-adds per image of (this method, im2col) for one forward pass (cost.py turns
     them into modelled times)."""
     Ph, Pw, Fh, Ho, Wo = _sizes(H, W, kernel, padding, dilation)
     dft = (2 * Fh * H * W * C + Fh * 2 * Pw * 2 * W * C + Fh * Pw * 4 * C * O
@@ -98,7 +105,7 @@ class DFTConv:
         return self.Fh * self.Pw
 
     # ------------------------------------------------------------------ weights
-    def weight_block(self, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def weight_block(self, weight: np.ndarray, out: np.ndarray | None = None, *, threads: int = 1) -> np.ndarray:
         """weight (O, C, kh, kw) -> (Q, 2C, 2O): [[Gr, Gi], [-Gi, Gr]], the real form of
         right-multiplying a row [Xr | Xi] by the complex matrix G = Gr + i Gi (into `out` when given)."""
         O, C = weight.shape[:2]
@@ -114,10 +121,10 @@ class DFTConv:
             np.negative(Gi, out=b[:, C:, :O])
             b[:, C:, O:] = Gr
 
-        over_batch(run, len(block), block.size, uses_blas=True)
+        over_batch(run, len(block), block.size, uses_blas=True, threads=threads)
         return block
 
-    def weight_grad(self, grad_block: np.ndarray) -> np.ndarray:
+    def weight_grad(self, grad_block: np.ndarray, *, threads: int = 1) -> np.ndarray:
         """The transpose of weight_block: (Q, 2C, 2O) gradient -> (O, C, kh, kw) gradient. Each
         quadrant's part is a product per input channel, (kh*kw, Q) @ (Q, O), read straight from
         the block's strided rows."""
@@ -131,7 +138,7 @@ class DFTConv:
                                          (g[:, C:, :O], self.E_sin_neg), (g[:, C:, O:], self.E_cos))]
             return ordered_sum(parts)
 
-        dw = ordered_sum(over_batch(run, Q, grad_block.size, uses_blas=True))
+        dw = ordered_sum(over_batch(run, Q, grad_block.size, uses_blas=True, threads=threads))
         return dw.reshape(C, *self.kernel, O).transpose(3, 0, 1, 2)
 
     # ------------------------------------------------------------------ transforms
@@ -163,3 +170,87 @@ class DFTConv:
 def mix(v: np.ndarray, block: np.ndarray, out: np.ndarray) -> None:
     """Per frequency, v (n, Q, 2C) @ block (Q, 2C, 2O) -> out (n, Q, 2O)."""
     np.matmul(v.transpose(1, 0, 2), block, out=out.transpose(1, 0, 2))
+
+
+class DFT(conv.Algorithm):
+    """The convolution of one input size (H, W) and dtype through the frequency domain."""
+
+    name = "dft"
+
+    def __init__(self, kernel, stride, padding, dilation, threads: int, H: int, W: int, dtype):
+        super().__init__(kernel, stride, padding, dilation, threads)
+        self.plan = DFTConv(H, W, kernel, padding, dilation, dtype)
+
+    def forward(self, xh, weight, bias):
+        """xh (N, H, W, C) -> (N, Ho, Wo, F), through the frequency domain."""
+        plan, N, C = self.plan, len(xh), xh.shape[3]
+        self.in_shape = xh.shape
+        F, Q = weight.shape[0], plan.frequencies
+        self.block = plan.weight_block(weight, out=self._scratch("_block", (Q, 2 * C, 2 * F), weight.dtype),
+                                       threads=self.threads)
+        spectrum = self._scratch("_spectrum", (N, Q, 2 * C), xh.dtype)
+        mixed = self._scratch("_mixed", (N, Q, 2 * F), xh.dtype)
+        out = np.empty((N, plan.Ho, plan.Wo, F), xh.dtype)
+
+        def run(b0, b1):
+            plan.to_frequency(xh[b0:b1], spectrum[b0:b1])
+            mix(spectrum[b0:b1], self.block, mixed[b0:b1])
+            plan.from_frequency(mixed[b0:b1], out[b0:b1])
+            if bias is not None:
+                out[b0:b1] += bias
+
+        self._over(run, N, mixed.size, uses_blas=True)
+        self.spectrum = spectrum
+        return out
+
+    def backward(self, dh, weight, has_bias, needs_input_grad):
+        """dh (N, Ho, Wo, F) -> (dx (N, H, W, C) or None, weight gradient parts, bias gradient
+        parts). Each step is the transpose of a forward step, in reverse order.
+
+        The weight gradient is a product per frequency over the batch. With many images per
+        block each block of the batch goes through every step while it is in cache, and the
+        per-block (Q, 2C, 2F) partial gradients are added; with few (batch 32) adding those costs
+        more than the products, so the blocks are ranges of frequencies instead."""
+        plan, spectrum, (N, H, W, C) = self.plan, self.spectrum, self.in_shape
+        F, Q = dh.shape[3], plan.frequencies
+        dmixed = self._scratch("_mixed", (N, Q, 2 * F), dh.dtype)
+        dx = np.empty((N, H, W, C), dh.dtype) if needs_input_grad else None
+        if dx is not None:
+            block_t = self._scratch("_block_t", (Q, 2 * F, 2 * C), dh.dtype)
+            self._over(lambda q0, q1: np.copyto(block_t[q0:q1], self.block[q0:q1].transpose(0, 2, 1)), Q, block_t.size)
+
+        def to_mixed(b0, b1):  # dout -> its spectrum, and the bias gradient's part
+            plan.from_frequency_transposed(dh[b0:b1], dmixed[b0:b1])
+            return dh[b0:b1].sum(axis=(0, 1, 2))
+
+        def block_grad(b0, b1, q0=0, q1=Q, out=None):  # the weight block's gradient: images b0..b1, frequencies q0..q1
+            return np.matmul(spectrum[b0:b1, q0:q1].transpose(1, 2, 0), dmixed[b0:b1, q0:q1].transpose(1, 0, 2), out=out)
+
+        def to_input(b0, b1):  # the spectrum is used up: its buffer takes its gradient
+            mix(dmixed[b0:b1], block_t, spectrum[b0:b1])
+            plan.to_frequency_transposed(spectrum[b0:b1], dx[b0:b1])
+
+        if N >= FREQUENCY_SPLIT_BELOW * parallel.BLOCKS:  # by the blocks, not the threads: the same on any
+            def run(b0, b1):
+                bias_part = to_mixed(b0, b1)
+                weight_part = block_grad(b0, b1)
+                if dx is not None:
+                    to_input(b0, b1)
+                return weight_part, bias_part
+
+            parts = self._over(run, N, dmixed.size, uses_blas=True)
+            bias_parts, grad_block = [p[1] for p in parts], parts[0][0]
+            # The partial sums added in block order, into the first, by ranges of frequencies in
+            # parallel: the sum ordered_sum makes, without a fresh array and a serial pass.
+            if len(parts) > 1:
+                self._over(lambda q0, q1: ordered_sum([p[0][q0:q1] for p in parts], out=grad_block[q0:q1]),
+                           Q, grad_block.size)
+        else:
+            bias_parts = self._over(to_mixed, N, dmixed.size, uses_blas=True)
+            grad_block = self._scratch("_grad_block", (Q, 2 * C, 2 * F), dh.dtype)
+            self._over(lambda q0, q1: block_grad(0, N, q0, q1, out=grad_block[q0:q1]), Q, dmixed.size, uses_blas=True)
+            if dx is not None:
+                self._over(to_input, N, dmixed.size, uses_blas=True)
+        grad_weight = plan.weight_grad(grad_block, threads=self.threads)
+        self.spectrum = self.block = None
+        return dx, [grad_weight], bias_parts if has_bias else None

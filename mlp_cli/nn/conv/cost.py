@@ -9,7 +9,7 @@ matrix products and copies it does, per image, in nanoseconds of one core:
     product (M, K) @ (K, N):  M*K*N / (RATE * N/(N + 12) * K/(K + 8))   thin products are slow
     copy of e numbers in runs of r:  e * (0.5 + 2.5/r)                   short runs are slow
 
-and Conv2d's "auto" takes the cheapest. The constants were fitted to single-core timings of the
+and Conv2d's "auto" (Execution.conv_method) takes the cheapest. The constants were fitted to single-core timings of the
 three methods on the shipped layer shapes (`benchmarks/conv_methods.py` prints the model beside
 the measured times); only their ratios matter. A first layer skips the input gradient: its
 backward is the weight gradient alone (one product instead of two, no scatter).
@@ -20,12 +20,12 @@ result, is the same on every run; a choice by timing at run time would not be.
 
 from __future__ import annotations
 
-from mlp_cli.nn import bandconv, dftconv
+from mlp_cli.nn.conv import band, dft
 
 RATE = 60.0  # multiply-adds per ns of a wide float32 product on one core (OpenBLAS here)
 DFT_EFFICIENCY = 0.6  # the DFT's products are small, batched ones
 # The banded product must be modelled this much faster than im2col to be taken: where the two are
-# closer the model's error is as large as the difference, and im2col is the reference.
+# closer the model's error is as large as the difference, and im2col is the plainer.
 BAND_MARGIN = 1.15
 
 
@@ -48,8 +48,8 @@ def im2col_ns(Ho, Wo, kernel, dilation, C, O, needs_input_grad) -> float:
 
 
 def band_ns(Ho, Wo, B, kernel, stride, dilation, C, O, needs_input_grad) -> float:
-    """One image's forward + backward by the banded product of bandconv.py with blocks of B."""
-    Bw = bandconv.block_input_width(B, kernel[1], stride[1], dilation[1])
+    """One image's forward + backward by the banded product of band.py with blocks of B."""
+    Bw = band.block_input_width(B, kernel[1], stride[1], dilation[1])
     M, K = Ho * (Wo // B), kernel[0] * Bw * C
     t = 2 * product_ns(M, K, B * O) + copy_ns(M * K, Bw * C)
     if needs_input_grad:  # drows = dout T^T, then added back window by window
@@ -58,9 +58,9 @@ def band_ns(Ho, Wo, B, kernel, stride, dilation, C, O, needs_input_grad) -> floa
 
 
 def dft_ns(H, W, kernel, padding, dilation, C, O, needs_input_grad) -> float:
-    """One image's forward + backward by the DFT (dftconv.py): each pass does the forward's products."""
+    """One image's forward + backward by the DFT (dft.py): each pass does the forward's products."""
     passes = 3 if needs_input_grad else 2
-    return passes * dftconv.cost(H, W, kernel, padding, dilation, C, O)[0] / (RATE * DFT_EFFICIENCY)
+    return passes * dft.cost(H, W, kernel, padding, dilation, C, O)[0] / (RATE * DFT_EFFICIENCY)
 
 
 def choose(H, W, kernel, stride, padding, dilation, C, O, needs_input_grad, methods=("im2col", "band", "dft")):
@@ -74,7 +74,7 @@ def choose(H, W, kernel, stride, padding, dilation, C, O, needs_input_grad, meth
     if "band" in methods:
         margin = BAND_MARGIN if "im2col" in methods else 1.0
         options += [(margin * band_ns(Ho, Wo, B, kernel, stride, dilation, C, O, needs_input_grad), "band", B)
-                    for B in bandconv.block_widths(Wo)]
+                    for B in band.block_widths(Wo)]
     if "dft" in methods and stride == (1, 1):
         options.append((dft_ns(H, W, kernel, padding, dilation, C, O, needs_input_grad), "dft", None))
     _, method, B = min(options, key=lambda o: o[0])
