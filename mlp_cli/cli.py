@@ -395,10 +395,11 @@ def convshape(input_, kernel, stride, padding, dilation, filters, ceil_mode, poo
         if used:
             verb = "belongs" if len(used) == 1 else "belong"
             fail(f"--config describes a whole network; {', '.join(used)} {verb} to one-layer mode (--input ... --kernel ...)", EXIT_USAGE)
+        from mlp_cli import registry
         from mlp_cli.config import load
 
         cfg = load(config_path, overrides)
-        if cfg.data.dataset == "imagefolder" and cfg.data.image_size is None:
+        if registry.dataset(cfg.data.dataset).shape is None and cfg.data.image_size is None:  # an image folder
             from mlp_cli.data import resolve_config  # the size its images share (numpy, only here)
 
             cfg = resolve_config(cfg)

@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
+from mlp_cli import registry as R
 from mlp_cli.errors import UsageError
-from mlp_cli.shapes import DATASET_SHAPES
 
-DATASETS = ("circles", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
-LAYER_TYPES = (
-    "linear", "conv2d", "maxpool2d", "avgpool2d", "relu", "tanh", "sigmoid",
-    "flatten", "dropout", "batchnorm1d", "batchnorm2d",
-)
+DATASETS = R.DATASET_NAMES
+LAYER_TYPES = R.LAYER_NAMES
 
 
 MAX_CONFIG_BYTES = 2**20
@@ -59,15 +57,27 @@ IntPairZero = Union[Annotated[int, Field(ge=0)], tuple[Annotated[int, Field(ge=0
 
 
 # ----------------------------------------------------------------------------- layers
+def layer_keys(cls: type[Strict]) -> type[Strict]:
+    """The keys of the layer types registry.py gives this class (its `schema`), with `type`
+    narrowed to their names: the tag of the `Layer` union. The class declares `type: str` first,
+    so that `type` stays the first key of a layer in config.yaml."""
+    names = R.schemas(cls.__name__)
+    assert names, f"no layer type in registry.py has the schema {cls.__name__}"
+    return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__,
+                        type=(Literal[names], ...))
+
+
+@layer_keys
 class Linear(Strict):
-    type: Literal["linear"]
+    type: str
     out_features: int = Field(ge=1)
     in_features: int | None = Field(default=None, ge=1)  # inferred; checked when given
     bias: bool = True
 
 
+@layer_keys
 class Conv2d(Strict):
-    type: Literal["conv2d"]
+    type: str
     out_channels: int = Field(ge=1)
     kernel_size: IntPair
     stride: IntPair = 1
@@ -77,8 +87,9 @@ class Conv2d(Strict):
     bias: bool = True
 
 
+@layer_keys
 class MaxPool2d(Strict):
-    type: Literal["maxpool2d"]
+    type: str
     kernel_size: IntPair
     stride: IntPair | None = None  # PyTorch's default: the kernel size
     padding: IntPairZero = 0
@@ -86,34 +97,36 @@ class MaxPool2d(Strict):
     ceil_mode: bool = False
 
 
+@layer_keys
 class AvgPool2d(Strict):
-    type: Literal["avgpool2d"]
+    type: str
     kernel_size: IntPair
     stride: IntPair | None = None
     padding: IntPairZero = 0
     ceil_mode: bool = False
 
 
+@layer_keys
 class Activation(Strict):
-    type: Literal["relu", "tanh", "sigmoid", "flatten"]
+    type: str
 
 
+@layer_keys
 class Dropout(Strict):
-    type: Literal["dropout"]
+    type: str
     p: float = Field(default=0.5, ge=0.0, lt=1.0)
 
 
+@layer_keys
 class BatchNorm(Strict):
-    type: Literal["batchnorm1d", "batchnorm2d"]
+    type: str
     num_features: int | None = Field(default=None, ge=1)
     eps: float = Field(default=1e-5, gt=0)
     momentum: float = Field(default=0.1, gt=0, le=1)
 
 
-Layer = Annotated[
-    Union[Linear, Conv2d, MaxPool2d, AvgPool2d, Activation, Dropout, BatchNorm],
-    Field(discriminator="type"),
-]
+_LAYER_MODELS = {t.name: globals()[t.schema] for t in R.LAYER_TYPES}  # the config's type -> its keys
+Layer = Annotated[Union[tuple(dict.fromkeys(_LAYER_MODELS.values()))], Field(discriminator="type")]
 
 
 class Init(Strict):
@@ -159,7 +172,7 @@ class Augment(Strict):
 
 
 class Data(Strict):
-    dataset: Literal["circles", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder"]
+    dataset: Literal[R.DATASET_NAMES]
     root: str | None = None  # default: $MLP_CLI_DATA, else the per-user cache folder
     val_size: float = Field(default=0.1, ge=0)  # a count of training examples (>= 1) or a fraction (< 1)
     # For a quick try: a count (>= 1) or a fraction (< 1) of what val_size leaves; None: all of it.
@@ -176,15 +189,18 @@ class Data(Strict):
             if size is not None and size >= 1 and size != int(size):
                 raise ValueError(f"data.{key} must be a whole count (>= 1) or a fraction below 1 (got {size:g})")
         # image_size may stay null for an image folder: the data layer takes the size its images share.
-        if self.dataset != "imagefolder":
-            shape = DATASET_SHAPES[self.dataset]
+        dataset = R.dataset(self.dataset)
+        if dataset.source != R.FOLDER:
+            shape = dataset.shape
             given = (f"{self.dataset} gives {shape[0]} features per example" if len(shape) == 1 else
                      f"{self.dataset} images are {shape[1]}x{shape[2]} with {shape[0]} channel{'s' * (shape[0] > 1)}")
             reject_unused(self, "data.", ["image_size", "channels"], f"it is for imagefolder, and {given}", info)
-        if self.dataset == "circles":
-            reject_unused(self, "data.", ["root"], "circles is generated and reads no files", info)
+        if dataset.source == R.GENERATED:
+            reject_unused(self, "data.", ["root"], f"{self.dataset} is generated and reads no files", info)
+        if not dataset.images:
             reject_unused(self.augment, "data.augment.", ["crop", "crop_padding", "hflip", "cutout", "test_hflip"],
-                          "augmentation is for images, and circles gives 2 features per example", info)
+                          f"augmentation is for images, and {self.dataset} gives {dataset.shape[0]} features "
+                          "per example", info)
         return self
 
     def resolved_root(self) -> Path:
@@ -456,13 +472,6 @@ _MODELS = {
     "": Config, "data": Data, "data.augment": Augment, "model": Model, "model.init": Init,
     "train": Train, "optim": Optim, "optim.schedule": Schedule,
 }
-_LAYER_MODELS = {
-    "linear": Linear, "conv2d": Conv2d, "maxpool2d": MaxPool2d, "avgpool2d": AvgPool2d,
-    "relu": Activation, "tanh": Activation, "sigmoid": Activation, "flatten": Activation,
-    "dropout": Dropout, "batchnorm1d": BatchNorm, "batchnorm2d": BatchNorm,
-}
-
-
 def _dotted(loc) -> str:
     return ".".join(str(p) for p in loc)
 

@@ -13,6 +13,7 @@ import re
 from fractions import Fraction
 from typing import Sequence
 
+from mlp_cli import registry as R
 from mlp_cli import shapes
 from mlp_cli.errors import ShapeError
 
@@ -107,18 +108,18 @@ def layer_report(height: int, width: int, channels: int, kernel: Sequence[int], 
                          "the output size down; add --pool max (or avg) for a pooling layer, or drop --ceil-mode")
     notes: list[str] = []
     if pool:
-        cls = {"max": "MaxPool2d", "avg": "AvgPool2d"}[pool]
+        kind = {"max": R.MAXPOOL2D, "avg": R.AVGPOOL2D}[pool]
         if filters is not None and filters != channels:
             notes.append(f"--filters {filters} ignored: a pooling layer keeps the input's {channels} channels")
-        spec = {"type": cls.lower(), "kernel_size": list(kernel), "stride": list(stride), "padding": list(padding),
+        spec = {"type": kind.name, "kernel_size": list(kernel), "stride": list(stride), "padding": list(padding),
                 "ceil_mode": ceil_mode}
-        if cls == "MaxPool2d":
+        if kind is R.MAXPOOL2D:
             spec["dilation"] = list(dilation)
         elif dilation != (1, 1):
             raise ShapeError("AvgPool2d has no dilation; remove --dilation or use --pool max")
     else:
-        cls = "Conv2d"
-        spec = {"type": "conv2d", "out_channels": filters or 1, "kernel_size": list(kernel), "stride": list(stride),
+        kind = R.CONV2D
+        spec = {"type": kind.name, "out_channels": filters or 1, "kernel_size": list(kernel), "stride": list(stride),
                 "padding": list(padding), "dilation": list(dilation)}
     info = shapes.resolve_layer([channels, height, width], spec)
 
@@ -141,7 +142,7 @@ def layer_report(height: int, width: int, channels: int, kernel: Sequence[int], 
     fc_biases = oh * ow * out_c
     arch = dict(info.arch)
     report = {
-        "layer": cls,
+        "layer": kind.torch,
         "arch": arch,
         "input_height": height, "input_width": width, "input_channels": channels,
         "kernel": list(kernel), "stride": list(stride), "padding": list(padding), "dilation": list(dilation),
@@ -165,7 +166,7 @@ def layer_text(r: dict) -> str:
     """The explanation of one layer: the formula with the numbers put in, weights, the FC equivalent."""
     h, w, c = r["input_height"], r["input_width"], r["input_channels"]
     oh, ow, oc = r["output_height"], r["output_width"], r["output_channels"]
-    pool = r["layer"] != "Conv2d"
+    pool = r["layer"] != R.CONV2D.torch
     args = ", ".join(f"{k}={v}" for k, v in r["arch"].items() if k != "type")
     lines = [f"{r['layer']}({args})", f"input  {h}x{w}x{c} (H x W x C)", ""]
 

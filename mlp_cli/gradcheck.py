@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlp_cli import registry
 from mlp_cli.nn.losses import softmax_cross_entropy
 
 
@@ -174,101 +175,133 @@ def sampled_check_network(model, x: np.ndarray, labels: np.ndarray, *, samples: 
     layer its input gradient ("k.input", the network input for k = 0) and then its parameters.
     `loss(logits, labels, label_smoothing) -> (loss, dlogits)` is the loss (default: the fast engine's).
     """
-    softmax_cross_entropy = loss  # the name the code below reads
-    layers = model.layers
+    probe = _Probe(model.layers, labels, seed=seed, h=h, label_smoothing=label_smoothing, loss=loss)
     x = np.ascontiguousarray(x, dtype=np.float64)
+    input_grads, param_grads = probe.reference_pass(x)
     rng = np.random.default_rng([seed, 7])
-    max_draws = max_draws or 4 * samples
+    draws = dict(samples=samples, max_draws=max_draws or 4 * samples, rng=rng)
+    checks = []
+    for k, layer in enumerate(model.layers):
+        checks.append(probe.check(k, "input", probe.inputs[k], input_grads[k], **draws))
+        for name, p in layer.params.items():
+            checks.append(probe.check(k, name, p, param_grads[k][name], **draws))
+    probe.run_from(0, x)  # leave the caches of a normal forward behind
+    return checks
 
-    def reseed():
-        for i, layer in enumerate(layers):
-            if type(layer).__name__ == "Dropout":  # fast or reference
-                layer.rng = np.random.default_rng([seed, i])
 
-    def run_from(k, a):
-        reseed()
-        for layer in layers[k:]:
+class _Probe:
+    """The loss of the network from layer k on, with one of layer k's input or parameter
+    tensors perturbed in place, and whether the perturbation moved a kink (a ReLU mask or a
+    max-pool choice) away from where the reference pass (`reference_pass`) had them."""
+
+    def __init__(self, layers, labels, *, seed: int, h: float, label_smoothing: float, loss):
+        self.layers, self.labels, self.h, self.label_smoothing, self.loss = layers, labels, h, label_smoothing, loss
+        # Fast or reference: the classes share their names.
+        self.dropouts = [(i, layer) for i, layer in enumerate(layers) if type(layer).__name__ == registry.DROPOUT.fast]
+        self.seed = seed
+        self.inputs: list[np.ndarray] = []
+        self.base_kinks: list[np.ndarray] = []
+
+    def run_from(self, k: int, a: np.ndarray) -> np.ndarray:
+        """The logits from layer k on, for input `a` of layer k, with the same dropout masks every time."""
+        for i, layer in self.dropouts:
+            layer.rng = np.random.default_rng([self.seed, i])
+        for layer in self.layers[k:]:
             a = layer.forward(a)
         return a
 
-    # The reference pass: every layer's input (owned copies, contiguous) and its analytic gradient.
-    inputs, a = [], x
-    reseed()
-    for layer in layers:
-        inputs.append(np.ascontiguousarray(a))
-        a = layer.forward(inputs[-1])
-    logits = a
-    base_kinks = _kink_state(layers)
-    _, dout = softmax_cross_entropy(logits, labels, label_smoothing)
-    input_grads = [None] * len(layers)
-    param_grads = [None] * len(layers)
-    for k in range(len(layers) - 1, -1, -1):
-        layer = layers[k]
-        layer.needs_input_grad = True
-        dout = layer.backward(dout)
-        input_grads[k] = np.array(dout, dtype=np.float64)
-        param_grads[k] = {name: np.array(g, dtype=np.float64) for name, g in layer.grads.items()}
+    def reference_pass(self, x: np.ndarray):
+        """Keep every layer's input (owned copies, contiguous) and the kinks; return the analytic
+        gradients: per layer that of its input and those of its parameters (float64 copies)."""
+        self.inputs, a = [], x
+        for i, layer in self.dropouts:
+            layer.rng = np.random.default_rng([self.seed, i])
+        for layer in self.layers:
+            self.inputs.append(np.ascontiguousarray(a))
+            a = layer.forward(self.inputs[-1])
+        self.base_kinks = _kink_state(self.layers)
+        _, dout = self.loss(a, self.labels, self.label_smoothing)
+        input_grads = [None] * len(self.layers)
+        param_grads = [None] * len(self.layers)
+        for k in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[k]
+            layer.needs_input_grad = True
+            dout = layer.backward(dout)
+            input_grads[k] = np.array(dout, dtype=np.float64)
+            param_grads[k] = {name: np.array(g, dtype=np.float64) for name, g in layer.grads.items()}
+        return input_grads, param_grads
 
-    def check(k, tensor_name, array, analytic):
-        start = inputs[k]  # perturbing `array` in place moves this input or one of layer k's parameters
+    def numeric(self, k: int, perturb) -> float | None:
+        """(loss(+h) - loss(-h)) / 2h, where perturb(+1) and perturb(-1) step a tensor of layer k
+        and perturb(0) puts it back; None when a step moved a kink."""
+        kinks = []
+        losses = []
+        for sign in (1, -1):
+            perturb(sign)
+            losses.append(self.loss(self.run_from(k, self.inputs[k]), self.labels, self.label_smoothing)[0])
+            kinks.append(_kink_state(self.layers[k:]))
+        perturb(0)
+        base = self.base_kinks[len(self.base_kinks) - len(kinks[0]):]
+        if not all(_same_kinks(state, base) for state in kinks):
+            return None
+        return (losses[0] - losses[1]) / (2 * self.h)
+
+    def check(self, k: int, tensor_name: str, array: np.ndarray, analytic: np.ndarray, *, samples: int,
+              max_draws: int, rng: np.random.Generator) -> SampledCheck:
+        """Up to `samples` entries of `array` (layer k's input or one of its parameters) and one
+        random direction, against `analytic`."""
+        scale = max(float(np.abs(analytic).max(initial=0.0)), SCALE_FLOOR)
+        worst, worst_at, checked, skipped, scale = self._entries(k, array, analytic, scale, samples, max_draws, rng)
+        direction_error = self._direction(k, tensor_name, array, analytic, scale, rng)
+        entry_error = worst / scale
+        return SampledCheck(f"{k}.{tensor_name}", k, type(self.layers[k]).__name__, tensor_name, tuple(array.shape),
+                            checked, skipped, max(entry_error, direction_error or 0.0), scale, entry_error,
+                            direction_error, worst_at)
+
+    def _entries(self, k, array, analytic, scale, samples, max_draws, rng):
+        """The largest |analytic - numeric| over sampled entries that cross no kink, where, how
+        many were checked and skipped, and the scale (grown by any larger |numeric|)."""
         flat = array.reshape(-1)
         assert np.shares_memory(flat, array), "sampled checks need contiguous arrays"
         aflat = analytic.reshape(-1)
-        scale = max(float(np.abs(aflat).max(initial=0.0)), SCALE_FLOOR)
-        order = rng.permutation(flat.size)[:max_draws]
         worst, worst_at, checked, skipped = 0.0, None, 0, 0
-        for i in order:
+        for i in rng.permutation(flat.size)[:max_draws]:
             if checked == min(samples, flat.size):
                 break
             old = flat[i]
-            flat[i] = old + h
-            up = softmax_cross_entropy(run_from(k, start), labels, label_smoothing)[0]
-            kinks_up = _kink_state(layers[k:])
-            flat[i] = old - h
-            down = softmax_cross_entropy(run_from(k, start), labels, label_smoothing)[0]
-            kinks_down = _kink_state(layers[k:])
-            flat[i] = old
-            base = base_kinks[len(base_kinks) - len(kinks_up):]
-            if not (_same_kinks(kinks_up, base) and _same_kinks(kinks_down, base)):
+
+            def perturb(sign, i=i, old=old):
+                flat[i] = old + sign * self.h if sign else old
+
+            numeric = self.numeric(k, perturb)
+            if numeric is None:
                 skipped += 1
                 continue
-            numeric = (up - down) / (2 * h)
             scale = max(scale, abs(numeric))
             diff = abs(float(aflat[i]) - numeric)
             if worst_at is None or diff > worst:
                 worst, worst_at = diff, tuple(int(j) for j in np.unravel_index(i, array.shape))
             checked += 1
-        direction_error = None
+        return worst, worst_at, checked, skipped, scale
+
+    def _direction(self, k, tensor_name, array, analytic, scale, rng) -> float | None:
+        """|<analytic, v> - numeric| / scale along a random unit direction v (of the nonzero
+        entries, for an input); a step crosses a kink now and then: up to four directions are drawn."""
         saved = array.copy()
         support = (saved != 0) if tensor_name == "input" else np.ones(array.shape, bool)
-        for _ in range(4 if support.any() else 0):  # a step crosses a kink now and then: draw another direction
+        for _ in range(4 if support.any() else 0):
             v = rng.choice(np.array([-1.0, 1.0]), size=array.shape) * support / np.sqrt(support.sum())
-            array += h * v
-            up = softmax_cross_entropy(run_from(k, start), labels, label_smoothing)[0]
-            kinks_up = _kink_state(layers[k:])
-            array[...] = saved - h * v
-            down = softmax_cross_entropy(run_from(k, start), labels, label_smoothing)[0]
-            kinks_down = _kink_state(layers[k:])
-            array[...] = saved
-            base = base_kinks[len(base_kinks) - len(kinks_up):]
-            if _same_kinks(kinks_up, base) and _same_kinks(kinks_down, base):
-                numeric = (up - down) / (2 * h)
-                direction_error = abs(float((analytic * v).sum()) - numeric) / max(scale, abs(numeric))
-                break
-        layer = layers[k]
-        entry_error = worst / scale
-        result = SampledCheck(f"{k}.{tensor_name}", k, type(layer).__name__, tensor_name, tuple(array.shape),
-                              checked, skipped, max(entry_error, direction_error or 0.0), scale, entry_error,
-                              direction_error, worst_at)
-        return result
 
-    checks = []
-    for k, layer in enumerate(layers):
-        checks.append(check(k, "input", inputs[k], input_grads[k]))
-        for name, p in layer.params.items():
-            checks.append(check(k, name, p, param_grads[k][name]))
-    run_from(0, x)  # leave the caches of a normal forward behind
-    return checks
+            def perturb(sign):
+                if sign > 0:
+                    array[...] += self.h * v
+                else:
+                    array[...] = saved - self.h * v if sign < 0 else saved
+
+            numeric = self.numeric(k, perturb)
+            if numeric is not None:
+                return abs(float((analytic * v).sum()) - numeric) / max(scale, abs(numeric))
+        return None
 
 
 # ----------------------------------------------------------------------------- a config's network

@@ -18,10 +18,13 @@ def torch_sequential(architecture: list[dict], state_dict: dict[str, np.ndarray]
     import torch
     from torch import nn
 
+    from mlp_cli import registry
+
     layers = []
     for spec in architecture:
         spec = dict(spec)
-        layers.append(getattr(nn, spec.pop("type"))(**spec))
+        kind = registry.BY_TORCH[spec.pop("type")]  # one of ours: KeyError for anything else
+        layers.append(getattr(nn, kind.torch)(**spec))
     net = nn.Sequential(*layers)
     if state_dict is not None:
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlp_cli import registry as R
 from mlp_cli.nn.losses import softmax
 from mlp_cli.selection import best_row
 
@@ -420,7 +421,7 @@ def draw_run(run_dir, *, metrics: list[dict], classes: list[str], confusion=None
         jobs.append(("boundary.png", lambda p: draw_boundary(model, p, train=train_split, test=test_split,
                                                              classes=classes, normalization=normalization,
                                                              title=name)))
-    if model is not None and model.layers and type(model.layers[0]).__name__ == "Conv2d":
+    if model is not None and model.layers and type(model.layers[0]).__name__ == R.CONV2D.fast:
         jobs.append(("filters.png", lambda p: draw_filters(model.layers[0].params["weight"], p, title=name)))
     if test_split is not None and test_logits is not None and np.ndim(test_split.x) == 4:
         jobs.append(("errors.png", lambda p: draw_errors(test_split.x, test_split.y, test_logits, classes, p,

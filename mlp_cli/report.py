@@ -25,6 +25,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlp_cli import registry as R
 from mlp_cli import rundir
 
 
@@ -94,7 +95,8 @@ _MISSING = object()
 
 def layer_notation(layer: dict) -> str:
     """A compact name for one layer spec: conv32k5p2, max2ceil, fc1000, drop0.5, bn, relu."""
-    kind = str(layer.get("type", "?")).lower()
+    name = str(layer.get("type", "?")).lower()
+    kind = R.layer_type(name)
 
     def size(v):
         return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
@@ -103,23 +105,23 @@ def layer_notation(layer: dict) -> str:
         return "" if v is None or v == default or (isinstance(v, (list, tuple)) and all(x == default for x in v)) \
             else f"{prefix}{size(v)}"
 
-    if kind == "linear":
+    if kind is R.LINEAR:
         return f"fc{layer.get('out_features')}" + ("" if layer.get("bias", True) else "nobias")
-    if kind == "conv2d":
+    if kind is R.CONV2D:
         return (f"conv{layer.get('out_channels')}k{size(layer.get('kernel_size'))}"
                 + opt("s", layer.get("stride"), 1) + opt("p", layer.get("padding"), 0)
                 + opt("d", layer.get("dilation"), 1) + ("" if layer.get("bias", True) else "nobias"))
-    if kind in ("maxpool2d", "avgpool2d"):
+    if kind in (R.MAXPOOL2D, R.AVGPOOL2D):
         k = layer.get("kernel_size")
         stride = layer.get("stride")
-        return (f"{kind[:3]}{size(k)}" + ("" if stride in (None, k) else f"s{size(stride)}")
+        return (f"{name[:3]}{size(k)}" + ("" if stride in (None, k) else f"s{size(stride)}")
                 + opt("p", layer.get("padding"), 0) + opt("d", layer.get("dilation"), 1)
                 + ("ceil" if layer.get("ceil_mode") else ""))
-    if kind == "dropout":
+    if kind is R.DROPOUT:
         return f"drop{layer.get('p', 0.5):g}"
-    if kind.startswith("batchnorm"):
+    if kind in (R.BATCHNORM1D, R.BATCHNORM2D):
         return "bn"
-    return kind
+    return name
 
 
 def _layers_comparable(configs: list[dict]) -> bool:

@@ -31,31 +31,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from mlp_cli import registry as R
 from mlp_cli.errors import ShapeError
-
-# Lower-case config spelling -> PyTorch class name.
-CLASS_NAMES = {
-    "linear": "Linear",
-    "conv2d": "Conv2d",
-    "maxpool2d": "MaxPool2d",
-    "avgpool2d": "AvgPool2d",
-    "relu": "ReLU",
-    "tanh": "Tanh",
-    "sigmoid": "Sigmoid",
-    "flatten": "Flatten",
-    "dropout": "Dropout",
-    "batchnorm1d": "BatchNorm1d",
-    "batchnorm2d": "BatchNorm2d",
-}
-
-# The shape each dataset gives the net, before augmentation: [C, H, W] or [features].
-DATASET_SHAPES = {
-    "circles": [2],
-    "mnist": [1, 28, 28],
-    "fashion-mnist": [1, 28, 28],
-    "cifar10": [3, 32, 32],
-    "cifar100": [3, 32, 32],
-}
 
 BYTES_PER_FLOAT32 = 4
 
@@ -172,17 +149,18 @@ def dataset_input_shape(data_cfg) -> list[int]:
     Accepts the pydantic `Data` model or a plain dict.
     """
     dataset = _field(data_cfg, "dataset")
-    if dataset == "imagefolder":
+    known = R.dataset(dataset) if isinstance(dataset, str) else None
+    if known is not None and known.shape is None:  # an image folder
         image_size = _field(data_cfg, "image_size")
         if image_size is None:
             raise ShapeError("data.image_size is not known yet: it is read from the images (data.resolve) "
                              "or set in the config, for example image_size: [32, 32]")
         h, w = _pair(image_size, "data.image_size")
         shape = [int(_field(data_cfg, "channels") or 3), h, w]
-    elif dataset in DATASET_SHAPES:
-        shape = list(DATASET_SHAPES[dataset])
+    elif known is not None:
+        shape = list(known.shape)
     else:
-        raise ShapeError(f"unknown dataset {dataset!r}; allowed: {', '.join([*DATASET_SHAPES, 'imagefolder'])}")
+        raise ShapeError(f"unknown dataset {dataset!r}; allowed: {', '.join(R.DATASET_NAMES)}")
     crop = _field(_field(data_cfg, "augment") or {}, "crop")
     pad = _field(_field(data_cfg, "augment") or {}, "crop_padding") or 0
     if len(shape) == 3 and pad > min(shape[1], shape[2]):
@@ -277,17 +255,18 @@ def _need_image(ctx: _Ctx, shape) -> None:
         raise ctx.error(f"needs a [C, H, W] input but receives {shape[0]} flat features from {ctx.source}; {hint}")
 
 
-def _spatial(ctx: _Ctx, spec, shape, cls: str, rf, jump):
-    """Shared by Conv2d, MaxPool2d, AvgPool2d: output H, W, arch sizes, receptive field and jump."""
+def _spatial(ctx: _Ctx, spec, shape, rf, jump, *, is_pool: bool, dilates: bool = True):
+    """Shared by Conv2d, MaxPool2d, AvgPool2d: output H, W, arch sizes, receptive field and jump.
+    `is_pool`: a pooling layer (stride defaults to the kernel, ceil_mode allowed); `dilates`: it
+    takes a dilation (AvgPool2d does not)."""
     c, h, w = shape
     if spec.get("kernel_size") is None:
         raise ctx.error("kernel_size is required")
     kernel = _get_pair(spec, "kernel_size", None, ctx.where, 1)
-    is_pool = cls != "Conv2d"
     stride = _get_pair(spec, "stride", kernel if is_pool else 1, ctx.where, 1)
     padding = _get_pair(spec, "padding", 0, ctx.where, 0)
     dilation = _get_pair(spec, "dilation", 1, ctx.where, 1)
-    if cls == "AvgPool2d" and dilation != (1, 1):
+    if not dilates and dilation != (1, 1):
         raise ctx.error("AvgPool2d has no dilation; remove it or use maxpool2d")
     ceil_mode = bool(spec.get("ceil_mode", False)) if is_pool else False
     if not is_pool and spec.get("ceil_mode"):
@@ -316,84 +295,119 @@ def _spatial(ctx: _Ctx, spec, shape, cls: str, rf, jump):
 
 
 def _layer(index: int, spec: Mapping[str, Any], shape: list[int], rf, jump, ctx: _Ctx) -> LayerInfo:
-    kind = str(spec.get("type", "")).lower()
-    cls = CLASS_NAMES[kind]
-    info = LayerInfo(index=index, name=str(index), type=cls, arch={"type": cls}, input_shape=list(shape),
+    kind = R.layer_type(spec.get("type", ""))
+    info = LayerInfo(index=index, name=str(index), type=kind.torch, arch={"type": kind.torch}, input_shape=list(shape),
                      output_shape=list(shape), receptive_field=rf and list(rf), jump=jump and list(jump))
-
-    if cls == "Conv2d":
-        _need_image(ctx, shape)
-        c = shape[0]
-        out_c = spec.get("out_channels")
-        if not isinstance(out_c, int) or isinstance(out_c, bool) or out_c < 1:
-            raise ctx.error(f"out_channels must be an integer >= 1, got {out_c!r}")
-        given = spec.get("in_channels")
-        if given is not None and given != c:
-            raise ctx.error(f"expects in_channels={given} but receives {c} channels from {ctx.source}; "
-                            f"set in_channels to {c} or remove it")
-        (oh, ow), k, s, p, d, _, info.receptive_field, info.jump = _spatial(ctx, spec, shape, cls, rf, jump)
-        bias = bool(spec.get("bias", True))
-        info.arch.update(in_channels=c, out_channels=out_c, kernel_size=_compact(k), stride=_compact(s),
-                         padding=_compact(p), dilation=_compact(d), bias=bias)
-        info.output_shape = [out_c, oh, ow]
-        info.params = out_c * c * k[0] * k[1] + (out_c if bias else 0)
-        info.macs = oh * ow * out_c * c * k[0] * k[1]
-    elif cls in ("MaxPool2d", "AvgPool2d"):
-        _need_image(ctx, shape)
-        (oh, ow), k, s, p, d, ceil_mode, info.receptive_field, info.jump = _spatial(ctx, spec, shape, cls, rf, jump)
-        info.arch.update(kernel_size=_compact(k), stride=_compact(s), padding=_compact(p))
-        if cls == "MaxPool2d":
-            info.arch["dilation"] = _compact(d)
-        info.arch["ceil_mode"] = ceil_mode
-        info.output_shape = [shape[0], oh, ow]
-        if ceil_mode:
-            fh = _floor_len(shape[1], k[0], s[0], p[0], d[0])
-            fw = _floor_len(shape[2], k[1], s[1], p[1], d[1])
-            if (fh, fw) != (oh, ow):
-                info.notes.append(f"ceil_mode gives {oh}x{ow} where floor would give {fh}x{fw}")
-    elif cls == "Linear":
-        if len(shape) != 1:
-            raise ctx.error(f"receives a [C, H, W] input {_shape_str(shape)} from {ctx.source}; "
-                            f"add {{type: flatten}} before it")
-        n = shape[0]
-        out_f = spec.get("out_features")
-        if not isinstance(out_f, int) or isinstance(out_f, bool) or out_f < 1:
-            raise ctx.error(f"out_features must be an integer >= 1, got {out_f!r}")
-        given = spec.get("in_features")
-        if given is not None and given != n:
-            raise ctx.error(f"expects in_features={given} but receives {n} features from {ctx.source}; "
-                            f"set in_features to {n} or remove it")
-        bias = bool(spec.get("bias", True))
-        info.arch.update(in_features=n, out_features=out_f, bias=bias)
-        info.output_shape = [out_f]
-        info.params = n * out_f + (out_f if bias else 0)
-        info.macs = n * out_f
-        info.receptive_field = info.jump = None
-    elif cls == "Flatten":
-        info.output_shape = [_prod(shape)]
-        info.receptive_field = info.jump = None
-    elif cls in ("BatchNorm1d", "BatchNorm2d"):
-        if cls == "BatchNorm1d" and len(shape) != 1:
-            raise ctx.error(f"receives a [C, H, W] input {_shape_str(shape)} from {ctx.source}; "
-                            f"use {{type: batchnorm2d}} on images, or put batchnorm1d after the flatten")
-        if cls == "BatchNorm2d" and len(shape) != 3:
-            raise ctx.error(f"needs a [C, H, W] input but receives {shape[0]} flat features from {ctx.source}; "
-                            f"use {{type: batchnorm1d}} on flat features")
-        n = shape[0]
-        given = spec.get("num_features")
-        if given is not None and given != n:
-            what = "channels" if cls == "BatchNorm2d" else "features"
-            raise ctx.error(f"expects num_features={given} but receives {n} {what} from {ctx.source}; "
-                            f"set num_features to {n} or remove it")
-        eps = spec.get("eps")
-        momentum = spec.get("momentum")
-        info.arch.update(num_features=n, eps=1e-5 if eps is None else eps, momentum=0.1 if momentum is None else momentum)
-        info.params = 2 * n
-    elif cls == "Dropout":
-        p = spec.get("p")
-        info.arch["p"] = 0.5 if p is None else p
-    # ReLU, Tanh, Sigmoid: shape, receptive field and jump pass through.
+    globals()[kind.shape](spec, shape, ctx, info)  # the layer type's shape rule, named in registry.py
     return info
+
+
+# ----------------------------------------------------------------------------- the shape rules
+# One per layer type (registry.py names it): from the layer's spec and its input shape, fill in
+# its LayerInfo (arch, output shape, parameters, multiply-adds, receptive field and jump, notes)
+# or raise ShapeError through ctx. `info` arrives with the input's shape, receptive field and jump.
+def conv2d_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    _need_image(ctx, shape)
+    c = shape[0]
+    out_c = spec.get("out_channels")
+    if not isinstance(out_c, int) or isinstance(out_c, bool) or out_c < 1:
+        raise ctx.error(f"out_channels must be an integer >= 1, got {out_c!r}")
+    given = spec.get("in_channels")
+    if given is not None and given != c:
+        raise ctx.error(f"expects in_channels={given} but receives {c} channels from {ctx.source}; "
+                        f"set in_channels to {c} or remove it")
+    (oh, ow), k, s, p, d, _, info.receptive_field, info.jump = _spatial(ctx, spec, shape, info.receptive_field,
+                                                                       info.jump, is_pool=False)
+    bias = bool(spec.get("bias", True))
+    info.arch.update(in_channels=c, out_channels=out_c, kernel_size=_compact(k), stride=_compact(s),
+                     padding=_compact(p), dilation=_compact(d), bias=bias)
+    info.output_shape = [out_c, oh, ow]
+    info.params = out_c * c * k[0] * k[1] + (out_c if bias else 0)
+    info.macs = oh * ow * out_c * c * k[0] * k[1]
+
+
+def maxpool2d_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    _pool(spec, shape, ctx, info, dilates=True)
+
+
+def avgpool2d_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    _pool(spec, shape, ctx, info, dilates=False)
+
+
+def _pool(spec, shape, ctx: _Ctx, info: LayerInfo, *, dilates: bool) -> None:
+    _need_image(ctx, shape)
+    (oh, ow), k, s, p, d, ceil_mode, info.receptive_field, info.jump = _spatial(
+        ctx, spec, shape, info.receptive_field, info.jump, is_pool=True, dilates=dilates)
+    info.arch.update(kernel_size=_compact(k), stride=_compact(s), padding=_compact(p))
+    if dilates:
+        info.arch["dilation"] = _compact(d)
+    info.arch["ceil_mode"] = ceil_mode
+    info.output_shape = [shape[0], oh, ow]
+    if ceil_mode:
+        fh = _floor_len(shape[1], k[0], s[0], p[0], d[0])
+        fw = _floor_len(shape[2], k[1], s[1], p[1], d[1])
+        if (fh, fw) != (oh, ow):
+            info.notes.append(f"ceil_mode gives {oh}x{ow} where floor would give {fh}x{fw}")
+
+
+def linear_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    if len(shape) != 1:
+        raise ctx.error(f"receives a [C, H, W] input {_shape_str(shape)} from {ctx.source}; "
+                        f"add {{type: flatten}} before it")
+    n = shape[0]
+    out_f = spec.get("out_features")
+    if not isinstance(out_f, int) or isinstance(out_f, bool) or out_f < 1:
+        raise ctx.error(f"out_features must be an integer >= 1, got {out_f!r}")
+    given = spec.get("in_features")
+    if given is not None and given != n:
+        raise ctx.error(f"expects in_features={given} but receives {n} features from {ctx.source}; "
+                        f"set in_features to {n} or remove it")
+    bias = bool(spec.get("bias", True))
+    info.arch.update(in_features=n, out_features=out_f, bias=bias)
+    info.output_shape = [out_f]
+    info.params = n * out_f + (out_f if bias else 0)
+    info.macs = n * out_f
+    info.receptive_field = info.jump = None
+
+
+def flatten_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    info.output_shape = [_prod(shape)]
+    info.receptive_field = info.jump = None
+
+
+def batchnorm1d_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    if len(shape) != 1:
+        raise ctx.error(f"receives a [C, H, W] input {_shape_str(shape)} from {ctx.source}; "
+                        f"use {{type: batchnorm2d}} on images, or put batchnorm1d after the flatten")
+    _batchnorm(spec, shape, ctx, info, "features")
+
+
+def batchnorm2d_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    if len(shape) != 3:
+        raise ctx.error(f"needs a [C, H, W] input but receives {shape[0]} flat features from {ctx.source}; "
+                        f"use {{type: batchnorm1d}} on flat features")
+    _batchnorm(spec, shape, ctx, info, "channels")
+
+
+def _batchnorm(spec, shape, ctx: _Ctx, info: LayerInfo, what: str) -> None:
+    n = shape[0]
+    given = spec.get("num_features")
+    if given is not None and given != n:
+        raise ctx.error(f"expects num_features={given} but receives {n} {what} from {ctx.source}; "
+                        f"set num_features to {n} or remove it")
+    eps = spec.get("eps")
+    momentum = spec.get("momentum")
+    info.arch.update(num_features=n, eps=1e-5 if eps is None else eps, momentum=0.1 if momentum is None else momentum)
+    info.params = 2 * n
+
+
+def dropout_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    p = spec.get("p")
+    info.arch["p"] = 0.5 if p is None else p
+
+
+def elementwise_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
+    """ReLU, Tanh, Sigmoid: shape, receptive field and jump pass through."""
 
 
 def resolve(input_shape: Sequence[int], layers: Sequence[Mapping[str, Any]]) -> list[LayerInfo]:
@@ -410,15 +424,15 @@ def resolve(input_shape: Sequence[int], layers: Sequence[Mapping[str, Any]]) -> 
     for index, spec in enumerate(layers):
         if not isinstance(spec, Mapping):
             raise ShapeError(f"layer {index}: expected a mapping with a 'type', got {spec!r}")
-        kind = str(spec.get("type", "")).lower()
-        if kind not in CLASS_NAMES:
-            raise ShapeError(f"layer {index}: unknown layer type {spec.get('type')!r}; allowed: {', '.join(CLASS_NAMES)}")
+        kind = R.layer_type(spec.get("type", ""))
+        if kind is None:
+            raise ShapeError(f"layer {index}: unknown layer type {spec.get('type')!r}; allowed: {', '.join(R.LAYER_NAMES)}")
         if index == 0:
             source = f"the input {_shape_str(shape)}"
         else:
             prev = infos[-1]
             source = f"layer {prev.index} ({prev.type})"
-        ctx = _Ctx(f"layer {index} ({CLASS_NAMES[kind]})", source)
+        ctx = _Ctx(f"layer {index} ({kind.torch})", source)
         info = _layer(index, spec, shape, rf, jump, ctx)
         infos.append(info)
         shape, rf, jump = info.output_shape, info.receptive_field, info.jump
@@ -428,11 +442,11 @@ def resolve(input_shape: Sequence[int], layers: Sequence[Mapping[str, Any]]) -> 
 def resolve_layer(input_shape: Sequence[int], spec: Mapping[str, Any]) -> LayerInfo:
     """One layer on its own (for `convshape` without a config): errors name the layer type only."""
     shape = _check_input_shape(input_shape)
-    kind = str(spec.get("type", "")).lower()
-    if kind not in CLASS_NAMES:
-        raise ShapeError(f"unknown layer type {spec.get('type')!r}; allowed: {', '.join(CLASS_NAMES)}")
+    kind = R.layer_type(spec.get("type", ""))
+    if kind is None:
+        raise ShapeError(f"unknown layer type {spec.get('type')!r}; allowed: {', '.join(R.LAYER_NAMES)}")
     rf = [1, 1] if len(shape) == 3 else None
-    ctx = _Ctx(CLASS_NAMES[kind], f"the input {_shape_str(shape)}")
+    ctx = _Ctx(kind.torch, f"the input {_shape_str(shape)}")
     return _layer(0, spec, shape, rf, rf and list(rf), ctx)
 
 

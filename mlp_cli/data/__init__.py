@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mlp_cli import registry as R
 from mlp_cli.data.pipeline import batches, center_crop, crop_and_flip, cutout, mirror, normalization, normalize
 from mlp_cli.data.split import Split, split_indices, train_subset
 
@@ -29,11 +30,12 @@ def resolve(data_cfg):
     the files are read from (so that `eval` finds them from any folder or shell, whatever
     MLP_CLI_DATA says there), and for an image folder its channels and, without data.image_size,
     the size all its images share (ConfigError when they differ). Circles reads no files."""
-    if data_cfg.dataset == "circles":
+    source = R.dataset(data_cfg.dataset).source
+    if source == R.GENERATED:
         return data_cfg
     root = os.path.abspath(data_cfg.resolved_root())
     update = {"root": root}
-    if data_cfg.dataset == "imagefolder":
+    if source == R.FOLDER:
         from mlp_cli.data.imagefolder import common_image_size
 
         update["channels"] = data_cfg.channels or 3
@@ -76,12 +78,13 @@ def load_splits(data_cfg, seed: int, splits=SPLITS) -> dict[str, Split]:
 
 
 def _load(data_cfg, train: bool) -> Split:
-    if data_cfg.dataset == "circles":
+    source = R.dataset(data_cfg.dataset).source
+    if source == R.GENERATED:
         from mlp_cli.data.circles import CLASSES, make_circles
 
         x, y = make_circles()[0 if train else 1]
         return Split(x, y, list(CLASSES))
-    if data_cfg.dataset == "imagefolder":
+    if source == R.FOLDER:
         from mlp_cli.data.imagefolder import load_imagefolder
 
         return load_imagefolder(data_cfg, "train" if train else "test")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlp_cli import registry as R
 from mlp_cli.data.split import Split
 from mlp_cli.errors import DataError
 
@@ -45,7 +46,7 @@ def load_imagefolder(data_cfg, split_name: str) -> Split:
 
     ident = _digest([CACHE_FORMAT, str(folder.absolute()), channels, [h, w]])
     content = _digest([[rel, label, size, mtime] for rel, label, size, mtime in files])
-    cache_dir = default_cache_dir() / "imagefolder"
+    cache_dir = default_cache_dir() / R.IMAGEFOLDER.name
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.absolute().name or "root")[:40]
     cache = cache_dir / f"{stem}-{split_name}-{ident}-{content}.npz"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlp_cli import registry as R
 from mlp_cli.data.split import Split
 from mlp_cli.errors import DataError
 
@@ -51,22 +52,29 @@ def _mnist_like(name: str, tv_class: str) -> Source:
     )
 
 
-SOURCES = {
-    "mnist": _mnist_like("mnist", "MNIST"),
-    "fashion-mnist": _mnist_like("fashion-mnist", "FashionMNIST"),
-    "cifar10": Source(
-        "cifar10", "CIFAR10", "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), ("batches.meta",),
-        archives=("cifar-10-python.tar.gz",),
-        expected="{d}/data_batch_1..5, test_batch and batches.meta "
-        "(the python version of CIFAR-10, cifar-10-python.tar.gz extracted)",
-    ),
-    "cifar100": Source(
-        "cifar100", "CIFAR100", "cifar-100-python", ("train",), ("test",), ("meta",),
-        archives=("cifar-100-python.tar.gz",),
-        expected="{d}/train, test and meta (the python version of CIFAR-100, cifar-100-python.tar.gz extracted)",
-    ),
-}
+def _source(dataset: R.Dataset) -> Source:
+    """The files of a torchvision data set (registry.py names its torchvision class)."""
+    name, tv_class = dataset.name, dataset.torchvision
+    if tv_class in ("MNIST", "FashionMNIST"):
+        return _mnist_like(name, tv_class)
+    if tv_class == "CIFAR10":
+        return Source(
+            name, tv_class, "cifar-10-batches-py",
+            tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), ("batches.meta",),
+            archives=("cifar-10-python.tar.gz",),
+            expected="{d}/data_batch_1..5, test_batch and batches.meta "
+            "(the python version of CIFAR-10, cifar-10-python.tar.gz extracted)",
+        )
+    if tv_class == "CIFAR100":
+        return Source(
+            name, tv_class, "cifar-100-python", ("train",), ("test",), ("meta",),
+            archives=("cifar-100-python.tar.gz",),
+            expected="{d}/train, test and meta (the python version of CIFAR-100, cifar-100-python.tar.gz extracted)",
+        )
+    raise ValueError(f"no files known for torchvision.datasets.{tv_class} ({name})")
+
+
+SOURCES = {d.name: _source(d) for d in R.DATASETS if d.source == R.TORCHVISION}  # data.dataset -> its files
 
 
 def load_torchvision(name: str, root: Path, train: bool) -> Split:

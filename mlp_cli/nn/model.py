@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlp_cli import registry
 from mlp_cli.nn import init as initializers
 from mlp_cli.nn import layers as L
 from mlp_cli.nn import reference as R
 from mlp_cli.nn.execution import Execution
 
-LAYERS = {
-    "Linear": L.Linear, "Conv2d": L.Conv2d, "MaxPool2d": L.MaxPool2d, "AvgPool2d": L.AvgPool2d,
-    "ReLU": L.ReLU, "Tanh": L.Tanh, "Sigmoid": L.Sigmoid, "Flatten": L.Flatten,
-    "Dropout": L.Dropout, "BatchNorm1d": L.BatchNorm1d, "BatchNorm2d": L.BatchNorm2d,
-}
-REFERENCE_LAYERS = {kind: getattr(R, kind) for kind in LAYERS}  # the same names, ctor arguments and interface
-_TAKES_DTYPE = ("Linear", "Conv2d", "BatchNorm1d", "BatchNorm2d")
+LAYERS = {t.torch: getattr(L, t.fast) for t in registry.LAYER_TYPES}  # the architecture's type -> the fast class
+# The same names, constructor arguments and interface:
+REFERENCE_LAYERS = {t.torch: getattr(R, t.reference) for t in registry.LAYER_TYPES}
+_TAKES_DTYPE = tuple(t.torch for t in registry.LAYER_TYPES if t.floats)
+_INITIALIZED = tuple(t.torch for t in registry.LAYER_TYPES if t.weights)  # model.init sets their weight and bias
 _DROPOUT = (L.Dropout, R.Dropout)
 
 
@@ -145,7 +144,7 @@ def build(architecture: list[dict], *, rng: np.random.Generator | None = None, w
             layer = REFERENCE_LAYERS[kind](**spec)
         else:
             layer = LAYERS[kind](**spec, execution=execution)
-        if kind in ("Linear", "Conv2d"):
+        if kind in _INITIALIZED:
             w = layer.params["weight"]
             w[...] = initializers.init_weight(w.shape, weight_init, rng, dtype, init_std)
             if "bias" in layer.params:

@@ -6,8 +6,7 @@ import numpy as np
 
 from mlp_cli import shapes
 from mlp_cli.config import Config, ConfigError
-
-NUM_CLASSES = {"circles": 2, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+from mlp_cli.registry import NUM_CLASSES
 
 
 def check_network(cfg: Config, *, batch_size: int | None = None, dtype=np.float32
