@@ -549,7 +549,7 @@ def explain(config_path, fmt, batch, overrides):
     from mlp_cli import explain as ex
 
     cfg = config.load(config_path, overrides)
-    if cfg.data.dataset == "imagefolder" and cfg.data.image_size is None:
+    if cfg.data.dataset == registry.IMAGEFOLDER.name and cfg.data.image_size is None:
         from mlp_cli.data import resolve_config  # the size its images share, as convshape finds it
 
         cfg = resolve_config(cfg)

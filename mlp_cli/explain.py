@@ -29,6 +29,7 @@ import numpy as np
 
 from mlp_cli import shapes
 from mlp_cli.nn import reference as ref
+from mlp_cli.registry import AVGPOOL2D, BATCHNORM1D, BATCHNORM2D, CONV2D, DROPOUT, FLATTEN, LINEAR, MAXPOOL2D, RELU, SIGMOID, TANH
 
 THRESHOLD = 1e-6  # gradcheck's default threshold
 SCALE_FLOOR = 1e-3  # gradcheck.SCALE_FLOOR: a zero gradient is checked to an absolute 1e-9
@@ -78,7 +79,7 @@ PARAM_NAMES = {"W": ("W", "W"), "b": ("b", "b"), "gamma": ("γ", r"\gamma"), "be
 def is_practical(infos) -> bool:
     """The practical's MLP: (flatten,) linear, tanh, linear."""
     types = [i.type for i in infos]
-    return types in (["Flatten", "Linear", "Tanh", "Linear"], ["Linear", "Tanh", "Linear"])
+    return types in ([FLATTEN.torch, LINEAR.torch, TANH.torch, LINEAR.torch], [LINEAR.torch, TANH.torch, LINEAR.torch])
 
 
 def notation(infos) -> tuple[list[Sym], list[Sym], list[dict[str, Sym]]]:
@@ -139,9 +140,9 @@ def _linear(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
 
 
 ACTIVATIONS = {  # forward (text, latex), derivative (text, latex) in terms of the input u
-    "Tanh": (("tanh({u})", r"\tanh({u})"), ("(1 − tanh²({u}))", r"(1 - \tanh^2({u}))")),
-    "ReLU": (("max({u}, 0)", r"\max({u}, 0)"), ("1[{u} > 0]", r"\mathbb{{1}}[{u} > 0]")),
-    "Sigmoid": (("σ({u}) = 1/(1 + e^(−{u}))", r"\sigma({u}) = \frac{{1}}{{1 + e^{{-{u}}}}}"),
+    TANH.torch: (("tanh({u})", r"\tanh({u})"), ("(1 − tanh²({u}))", r"(1 - \tanh^2({u}))")),
+    RELU.torch: (("max({u}, 0)", r"\max({u}, 0)"), ("1[{u} > 0]", r"\mathbb{{1}}[{u} > 0]")),
+    SIGMOID.torch: (("σ({u}) = 1/(1 + e^(−{u}))", r"\sigma({u}) = \frac{{1}}{{1 + e^{{-{u}}}}}"),
                 ("σ({u})(1 − σ({u}))", r"\sigma({u})(1 - \sigma({u}))")),
 }
 
@@ -153,7 +154,7 @@ def _activation(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
                rf"{a.latex} = {fl.format(u=x.latex)}, \qquad {a.latex} \in \mathbb{{R}}^{{{dims[1]}}}"),
            _eq(f"gradient of {x.text}", f"{x.grad.text} = {dt.format(u=x.text)} ⊙ {a.grad.text}",
                rf"{x.grad.latex} = {dl.format(u=x.latex)} \odot {a.grad.latex}", "x")]
-    if ctx.get("practical") and info.type == "Tanh":  # the practical's chained form, through W_y to the loss
+    if ctx.get("practical") and info.type == TANH.torch:  # the practical's chained form, through W_y to the loss
         eqs.append(_eq(f"gradient of {x.text}, to the loss", f"{x.n.grad.text} = (1 − tanh²({x.n.text})) ⊙ W_yᵀ (ŷₙ − yₙ)/N",
                        rf"{x.n.grad.latex} = (1 - \tanh^2({x.n.latex})) \odot W_y^\top \frac{{1}}{{N}}(\hat{{y}}_n - y_n)", "x"))
     return eqs
@@ -255,7 +256,7 @@ def _pool(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     rows_l = rf"\{{({rt.replace('−', '-')},\ {ct.replace('−', '-')}) : u < {kh},\ v < {kw}\}}"
     g = a.grad
     dims = _dims([C, Ho, Wo])
-    if info.type == "MaxPool2d":
+    if info.type == MAXPOOL2D.torch:
         eqs = [_eq("forward", f"{a.text}[c,i,j] = max over the window R(i,j) of {x.text}[c, ·, ·], R(i,j) = {rows_t}"
                               f" (padding counts as −∞; {a.text}: {dims[0]})",
                    rf"{a.latex}_{{c,i,j}} = \max_{{(y,z) \in R(i,j)}} {x.latex}_{{c,y,z}}, \quad R(i,j) = {rows_l}")]
@@ -279,8 +280,8 @@ def _pool(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
 def _batchnorm(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
     gm, bt = p["gamma"], p["beta"]
     C = info.input_shape[0]
-    m = ctx["N"] * (info.input_shape[1] * info.input_shape[2] if info.type == "BatchNorm2d" else 1)
-    over = "n, y, z" if info.type == "BatchNorm2d" else "n"
+    m = ctx["N"] * (info.input_shape[1] * info.input_shape[2] if info.type == BATCHNORM2D.torch else 1)
+    over = "n, y, z" if info.type == BATCHNORM2D.torch else "n"
     eps = info.arch["eps"]
     xh = Sym("x̂", r"\hat{x}")
     g = a.grad
@@ -312,9 +313,9 @@ def _dropout(info, x: Sym, a: Sym, p, ctx) -> list[dict]:
 
 
 BUILDERS: dict[str, Callable] = {
-    "Linear": _linear, "Conv2d": _conv, "MaxPool2d": _pool, "AvgPool2d": _pool, "BatchNorm1d": _batchnorm,
-    "BatchNorm2d": _batchnorm, "Dropout": _dropout, "ReLU": _activation, "Tanh": _activation,
-    "Sigmoid": _activation, "Flatten": _flatten,
+    LINEAR.torch: _linear, CONV2D.torch: _conv, MAXPOOL2D.torch: _pool, AVGPOOL2D.torch: _pool, BATCHNORM1D.torch: _batchnorm,
+    BATCHNORM2D.torch: _batchnorm, DROPOUT.torch: _dropout, RELU.torch: _activation, TANH.torch: _activation,
+    SIGMOID.torch: _activation, FLATTEN.torch: _flatten,
 }
 
 
@@ -371,14 +372,14 @@ def _sampled_error(f: Callable[[], float], array: np.ndarray, analytic: np.ndarr
 
 def _input(shape, kind: str, rng) -> np.ndarray:
     """A random input whose entries keep away from kinks: ReLU's 0, max-pool ties (distinct values)."""
-    if kind == "MaxPool2d":  # distinct values at least 5e-5 apart, so no step of 1e-6 changes an argmax,
+    if kind == MAXPOOL2D.torch:  # distinct values at least 5e-5 apart, so no step of 1e-6 changes an argmax,
         size = int(np.prod(shape))  # and within about [0, 5], so that rounding in f stays far below h
         spacing = max(min(1e-2, 5 / size), 1e-4)
         return (rng.permutation(size).reshape(shape) + rng.uniform(0, 0.5, shape)) * spacing
     x = rng.standard_normal(shape)
-    if kind in ("BatchNorm1d", "BatchNorm2d"):  # examples 4 apart: a variance of two close values
+    if kind in (BATCHNORM1D.torch, BATCHNORM2D.torch):  # examples 4 apart: a variance of two close values
         x += 4 * np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))  # would amplify rounding
-    if kind == "ReLU":
+    if kind == RELU.torch:
         x[np.abs(x) < 0.01] += 0.1
     return x
 
@@ -388,12 +389,12 @@ def _pieces(info, batch: int, rng):
     backward(G, cache) -> the gradients in the arrays' order."""
     t, arch = info.type, info.arch
     arrays = {"x": _input((batch, *info.input_shape), t, rng)}
-    if t == "Linear":
+    if t == LINEAR.torch:
         arrays["W"] = rng.standard_normal((arch["out_features"], arch["in_features"])) / np.sqrt(arch["in_features"])
         if arch["bias"]:
             arrays["b"] = rng.standard_normal(arch["out_features"])
         return arrays, lambda A: ref.linear_forward(A["x"], A["W"], A.get("b")), ref.linear_backward
-    if t == "Conv2d":
+    if t == CONV2D.torch:
         kh, kw = shapes._pair(arch["kernel_size"], "kernel_size")
         fan_in = arch["in_channels"] * kh * kw
         arrays["W"] = rng.standard_normal((arch["out_channels"], arch["in_channels"], kh, kw)) / np.sqrt(fan_in)
@@ -401,13 +402,13 @@ def _pieces(info, batch: int, rng):
             arrays["b"] = rng.standard_normal(arch["out_channels"])
         geo = {key: arch[key] for key in ("stride", "padding", "dilation")}
         return arrays, lambda A: ref.conv2d_forward(A["x"], A["W"], A.get("b"), **geo), ref.conv2d_backward
-    if t in ("MaxPool2d", "AvgPool2d"):
+    if t in (MAXPOOL2D.torch, AVGPOOL2D.torch):
         geo = {key: arch[key] for key in ("kernel_size", "stride", "padding", "ceil_mode")}
-        if t == "MaxPool2d":
+        if t == MAXPOOL2D.torch:
             return arrays, lambda A: ref.maxpool2d_forward(A["x"], dilation=arch["dilation"], **geo), \
                 lambda G, c: (ref.maxpool2d_backward(G, c),)
         return arrays, lambda A: ref.avgpool2d_forward(A["x"], **geo), lambda G, c: (ref.avgpool2d_backward(G, c),)
-    if t in ("BatchNorm1d", "BatchNorm2d"):
+    if t in (BATCHNORM1D.torch, BATCHNORM2D.torch):
         C = info.input_shape[0]
         arrays["gamma"] = 1 + 0.1 * rng.standard_normal(C)
         arrays["beta"] = 0.1 * rng.standard_normal(C)
@@ -418,13 +419,13 @@ def _pieces(info, batch: int, rng):
                                                   momentum=arch["momentum"], eps=arch["eps"])
             return out, cache
         return arrays, forward, ref.batchnorm_backward
-    if t == "Dropout":
+    if t == DROPOUT.torch:
         seed = int(rng.integers(2**31))  # a fresh generator with one seed: the same mask at every call
         return arrays, lambda A: ref.dropout_forward(A["x"], arch["p"], np.random.default_rng(seed), True), \
             lambda G, c: (ref.dropout_backward(G, c),)
-    pair = {"ReLU": (ref.relu_forward, ref.relu_backward), "Tanh": (ref.tanh_forward, ref.tanh_backward),
-            "Sigmoid": (ref.sigmoid_forward, ref.sigmoid_backward),
-            "Flatten": (ref.flatten_forward, ref.flatten_backward)}[t]
+    pair = {RELU.torch: (ref.relu_forward, ref.relu_backward), TANH.torch: (ref.tanh_forward, ref.tanh_backward),
+            SIGMOID.torch: (ref.sigmoid_forward, ref.sigmoid_backward),
+            FLATTEN.torch: (ref.flatten_forward, ref.flatten_backward)}[t]
     return arrays, lambda A: pair[0](A["x"]), lambda G, c: (pair[1](G, c),)
 
 
@@ -462,7 +463,7 @@ def explain(input_shape, layer_specs, *, batch: int = 2, label_smoothing: float 
     for k, info in enumerate(infos):
         # BatchNorm1d on 2 examples gives x^ = +-1 whatever x: its input gradient vanishes and the
         # check would measure rounding only, so it is checked on BN1D_BATCH examples at least.
-        n = max(batch, BN1D_BATCH) if info.type == "BatchNorm1d" else batch
+        n = max(batch, BN1D_BATCH) if info.type == BATCHNORM1D.torch else batch
         ctx = {"N": n, "last": k == len(infos) - 1, "practical": practical}
         eqs = BUILDERS[info.type](info, ins[k], outs[k], params[k], ctx)
         layers.append(_entry(info.name, info.type, info.input_shape, info.output_shape, info.params, eqs,
