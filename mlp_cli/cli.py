@@ -545,7 +545,7 @@ def explain(config_path, fmt, batch, overrides):
     engine in float64 on --batch random examples and compared with central differences; exit
     code 1 when a relative error is above 1e-6, 2 for an invalid config. Reads no data.
     """
-    from mlp_cli import config
+    from mlp_cli import config, registry
     from mlp_cli import explain as ex
 
     cfg = config.load(config_path, overrides)
