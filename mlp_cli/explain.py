@@ -28,11 +28,11 @@ from typing import Callable
 import numpy as np
 
 from mlp_cli import shapes
+from mlp_cli.gradcheck import SCALE_FLOOR, central_difference
 from mlp_cli.nn import reference as ref
 from mlp_cli.registry import AVGPOOL2D, BATCHNORM1D, BATCHNORM2D, CONV2D, DROPOUT, FLATTEN, LINEAR, MAXPOOL2D, RELU, SIGMOID, TANH
 
 THRESHOLD = 1e-6  # gradcheck's default threshold
-SCALE_FLOOR = 1e-3  # gradcheck.SCALE_FLOOR: a zero gradient is checked to an absolute 1e-9
 SAMPLES = 12  # entries checked per tensor (gradcheck's default), besides one direction over all
 STEP = 1e-6  # central differences' h, as gradcheck
 BN1D_BATCH = 4  # the fewest examples a BatchNorm1d check runs on (see explain())
@@ -348,13 +348,7 @@ def _sampled_error(f: Callable[[], float], array: np.ndarray, analytic: np.ndarr
     idx = rng.choice(flat.size, min(SAMPLES, flat.size), replace=False)
     numeric = np.empty(len(idx))
     for j, i in enumerate(idx):
-        old = flat[i]
-        flat[i] = old + STEP
-        up = f()
-        flat[i] = old - STEP
-        down = f()
-        flat[i] = old
-        numeric[j] = (up - down) / (2 * STEP)
+        numeric[j] = central_difference(f, flat, i, STEP)
     a = np.asarray(analytic, dtype=np.float64).reshape(-1)
     scale = max(np.abs(a).max(initial=0.0), np.abs(numeric).max(initial=0.0), SCALE_FLOOR)
     entry_error = float(np.abs(a[idx] - numeric).max(initial=0.0) / scale)

@@ -33,14 +33,19 @@ def numerical_gradient(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
     assert np.shares_memory(flat, x), "numerical_gradient needs a contiguous array"
     g = grad.reshape(-1)
     for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        up = f()
-        flat[i] = old - h
-        down = f()
-        flat[i] = old
-        g[i] = (up - down) / (2 * h)
+        g[i] = central_difference(f, flat, i, h)
     return grad
+
+
+def central_difference(f, flat: np.ndarray, i: int, h: float = 1e-6) -> float:
+    """(f(x + h e_i) - f(x - h e_i)) / 2h, perturbing entry i of `flat` (a view of x) in place."""
+    old = flat[i]
+    flat[i] = old + h
+    up = f()
+    flat[i] = old - h
+    down = f()
+    flat[i] = old
+    return (up - down) / (2 * h)
 
 
 @dataclass
