@@ -309,13 +309,8 @@ def _layer(index: int, spec: Mapping[str, Any], shape: list[int], rf, jump, ctx:
 def conv2d_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
     _need_image(ctx, shape)
     c = shape[0]
-    out_c = spec.get("out_channels")
-    if not isinstance(out_c, int) or isinstance(out_c, bool) or out_c < 1:
-        raise ctx.error(f"out_channels must be an integer >= 1, got {out_c!r}")
-    given = spec.get("in_channels")
-    if given is not None and given != c:
-        raise ctx.error(f"expects in_channels={given} but receives {c} channels from {ctx.source}; "
-                        f"set in_channels to {c} or remove it")
+    out_c = _count(spec, "out_channels", ctx)
+    _inferred(spec, "in_channels", c, "channels", ctx)
     (oh, ow), k, s, p, d, _, info.receptive_field, info.jump = _spatial(ctx, spec, shape, info.receptive_field,
                                                                        info.jump, is_pool=False)
     bias = bool(spec.get("bias", True))
@@ -324,6 +319,22 @@ def conv2d_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
     info.output_shape = [out_c, oh, ow]
     info.params = out_c * c * k[0] * k[1] + (out_c if bias else 0)
     info.macs = oh * ow * out_c * c * k[0] * k[1]
+
+
+def _count(spec, key: str, ctx: _Ctx) -> int:
+    """The layer's `key`, an integer >= 1 (out_channels, out_features)."""
+    value = spec.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ctx.error(f"{key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _inferred(spec, key: str, actual: int, what: str, ctx: _Ctx) -> None:
+    """An inferred size (in_channels, in_features) that the config may give: it must be `actual`."""
+    given = spec.get(key)
+    if given is not None and given != actual:
+        raise ctx.error(f"expects {key}={given} but receives {actual} {what} from {ctx.source}; "
+                        f"set {key} to {actual} or remove it")
 
 
 def maxpool2d_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
@@ -355,13 +366,8 @@ def linear_shape(spec, shape, ctx: _Ctx, info: LayerInfo) -> None:
         raise ctx.error(f"receives a [C, H, W] input {_shape_str(shape)} from {ctx.source}; "
                         f"add {{type: flatten}} before it")
     n = shape[0]
-    out_f = spec.get("out_features")
-    if not isinstance(out_f, int) or isinstance(out_f, bool) or out_f < 1:
-        raise ctx.error(f"out_features must be an integer >= 1, got {out_f!r}")
-    given = spec.get("in_features")
-    if given is not None and given != n:
-        raise ctx.error(f"expects in_features={given} but receives {n} features from {ctx.source}; "
-                        f"set in_features to {n} or remove it")
+    out_f = _count(spec, "out_features", ctx)
+    _inferred(spec, "in_features", n, "features", ctx)
     bias = bool(spec.get("bias", True))
     info.arch.update(in_features=n, out_features=out_f, bias=bias)
     info.output_shape = [out_f]
