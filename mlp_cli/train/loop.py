@@ -32,7 +32,7 @@ from mlp_cli.console import Console, Stopped, StopSignals, plural
 from mlp_cli.errors import Divergence, Interrupted, RuntimeFailure, ShapeError, UsageError, signal_exit
 from mlp_cli.rundir import RunDir
 from mlp_cli.train import runstate, steps
-from mlp_cli.train.network import build_network, check_network, check_outputs
+from mlp_cli.train.network import build_network, check_outputs
 from mlp_cli.train.runstate import EMA_PREFIX, State, metrics_row
 
 COMMIT_INTERVAL = 1.0  # seconds: the most a kill -9 can cost a run of very short epochs
@@ -66,15 +66,15 @@ def fit(cfg: Config | None, run_dir, *, resume: bool = False, overrides=(), from
     console = console or Console()
     execution = execution if execution is not None else Execution.from_env()
     if resume:
-        run, cfg, state = runstate.reopen(run_dir, overrides, from_epoch, command, console, execution)
+        run, cfg, state, network = runstate.reopen(run_dir, overrides, from_epoch, command, console, execution)
     else:
-        run, cfg, state = runstate.create(cfg, run_dir, command, execution)
+        run, cfg, state, network = runstate.create(cfg, run_dir, command, execution)
     from mlp_cli.nn.parallel import single_threaded_blas
 
     signals = StopSignals()
     try:
         with signals, single_threaded_blas():
-            trainer = Trainer(run, cfg, state, console, execution)
+            trainer = Trainer(run, cfg, state, network, console, execution)
             if hparams is not None and cfg.train.tensorboard:
                 events.write_trial_hparams(run.path, hparams, run.path.name)
             return trainer.run(signals, on_epoch)
@@ -95,15 +95,16 @@ def fit(cfg: Config | None, run_dir, *, resume: bool = False, overrides=(), from
 
 class Trainer:
     """One run's epochs: the data, the network and its optimizer, and the run's bookkeeping
-    (metrics rows, the best epoch, the epochs finished but not yet committed)."""
+    (metrics rows, the best epoch, the epochs finished but not yet committed). `network` is
+    check_network's (input_shape, infos), checked once, when the run was opened."""
 
-    def __init__(self, run: RunDir, cfg: Config, state: State, console: Console, execution):
+    def __init__(self, run: RunDir, cfg: Config, state: State, network: tuple, console: Console, execution):
         from mlp_cli import data
         from mlp_cli.nn.losses import loss_function
 
         self.run_dir, self.run_files, self.cfg, self.console = run.path, run, cfg, console
         self.execution, self.loss = execution, loss_function(execution)  # the engine's loss
-        input_shape, infos = check_network(cfg)
+        input_shape, infos = network  # checked when the run was opened
         architecture = shapes.architecture(infos)
         # All three splits before the first epoch: a problem with the test data must not wait for the end.
         splits = data.load_splits(cfg.data, cfg.seed, ("train", "val", "test"))

@@ -132,22 +132,23 @@ def checked_state(run: RunDir, from_epoch: int | None) -> State:
 
 
 # ----------------------------------------------------------------------------- starting and resuming
-def create(cfg: Config, run_dir, command: str | None, execution) -> tuple[RunDir, Config, State]:
-    """A new run directory for `cfg`, its history recording `execution` (engine, threads). Raises ConfigError/ShapeError before anything is written,
+def create(cfg: Config, run_dir, command: str | None, execution) -> tuple[RunDir, Config, State, tuple]:
+    """A new run directory for `cfg`, its history recording `execution` (engine, threads), and the
+    config's checked network (check_network's (input_shape, infos)). Raises ConfigError/ShapeError before anything is written,
     UsageError if the folder holds a run or is in use, SaveError if it cannot be written."""
     from mlp_cli import data
     from mlp_cli.train.network import check_network
 
     rundir.check_creatable(run_dir)  # before any file of the data set is read
     cfg = data.resolve_config(cfg)  # what config.yaml records: the absolute data root, the image size
-    check_network(cfg)
+    network = check_network(cfg)
     history = [{"from_epoch": 1, "command": command or _command(), "at": _now(), **execution.record()}]
     run = RunDir.create(run_dir, {"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
-    return run, cfg, State()
+    return run, cfg, State(), network
 
 
 def reopen(run_dir, overrides, from_epoch: int | None, command: str | None, console,
-           execution) -> tuple[RunDir, Config, State]:
+           execution) -> tuple[RunDir, Config, State, tuple]:
     """The run in `run_dir` at its last committed epoch (or `from_epoch`), with `overrides` of its
     config. Overrides of seed, data or model are refused (UsageError): they would change what the
     finished epochs mean. The others hold from the next epoch on and are recorded in history.yaml,
@@ -159,16 +160,16 @@ def reopen(run_dir, overrides, from_epoch: int | None, command: str | None, cons
                      "committed version again; to change a setting of the run, pass it on the command line: "
                      f"mlp-cli train --resume {run.path} KEY=VALUE")
     try:
-        cfg, state = _reopened(run, overrides, from_epoch, command, console, execution)
+        cfg, state, network = _reopened(run, overrides, from_epoch, command, console, execution)
     except BaseException:
         run.release()
         raise
     # The curves of epochs that were not committed (killed half-way) are trained again.
     events.discard_uncommitted(run.path, state.epoch)
-    return run, cfg, state
+    return run, cfg, state, network
 
 
-def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -> tuple[Config, State]:
+def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -> tuple[Config, State, tuple]:
     import yaml
 
     from mlp_cli import config, data
@@ -189,7 +190,7 @@ def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -
             f"a resumed run cannot change {', '.join(frozen)}: the epochs already trained used "
             f"{', '.join(f'{k}={_show(changed[k][0])}' for k in frozen)}; start a new run with "
             f"--config {run.path / 'config.yaml'} {' '.join(overrides)} --out NEW_FOLDER")
-    check_network(cfg)
+    network = check_network(cfg)
     state = checked_state(run, from_epoch)
     # An override holds "from the next epoch": with none left to train it would hold for no
     # epoch, yet config.yaml and history.yaml would claim the finished epochs used it.
@@ -209,7 +210,7 @@ def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -
             entry["changed"] = {k: {"from": old, "to": new} for k, (old, new) in changed.items()}
         history.append(entry)
         run.commit({"config.yaml": _yaml(cfg.dump()), "history.yaml": _yaml(history, flow=False)})
-    return cfg, state
+    return cfg, state, network
 
 
 def _changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
