@@ -652,10 +652,9 @@ def lr_find(config_path, start, end, steps, rule, plot_path, as_json, overrides)
 
 def _lr_find_with_bar(lf, cfg, start, end, steps, rule):
     """The range test, with a progress bar on a terminal."""
-    from tqdm import tqdm
+    from mlp_cli.console import Console
 
-    with tqdm(total=steps, desc="lr-find", unit="batch", disable=not sys.stderr.isatty(), leave=False,
-              dynamic_ncols=True) as bar:
+    with Console().counter(steps, "lr-find", "batch", leave=False) as bar:
         def on_batch(_k, lr, loss):
             bar.update()
             bar.set_postfix(lr=f"{lr:.3g}", loss=f"{loss:.4f}", refresh=False)

@@ -34,3 +34,45 @@ def test_throttled_lines_keep_the_first_and_the_last(capsys, monkeypatch):
     for i in range(5):
         console.throttled_line(f"line {i}", last=i == 4)
     assert capsys.readouterr().out.splitlines() == ["line 0", "line 4"]
+
+
+def test_lines_go_to_the_streams_the_console_was_made_with(capsys):
+    """A sweep's console is made before Ray points sys.stdout and sys.stderr elsewhere."""
+    import contextlib
+    import io
+
+    console = Console()
+    elsewhere = io.StringIO()
+    with contextlib.redirect_stdout(elsewhere), contextlib.redirect_stderr(elsewhere):
+        console.line("trial a done")
+        console.warn("a warning")
+    out, err = capsys.readouterr()
+    assert (out, err, elsewhere.getvalue()) == ("trial a done\n", "warning: a warning\n", "")
+
+
+def test_stop_signals_raise_what_they_are_asked_to_and_keep_the_signal():
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    from mlp_cli.console import Stopped, StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped) as stopped, StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises at once
+    assert stopped.value.signum == signal.SIGTERM and signals.received == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt), StopSignals(raises=KeyboardInterrupt) as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises at once
+    assert signals.received == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler from before, back
+    with StopSignals() as signals:  # held during a commit: raised when it ends
+        with pytest.raises(Stopped):
+            with signals.hold():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # held: the handler only notes it
+                committed = True
+    assert committed

@@ -131,3 +131,25 @@ def test_no_function_over_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert long == []
+
+
+def _files_using(predicate) -> list[str]:
+    return sorted({str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                   for node in ast.walk(ast.parse(path.read_text())) if predicate(node)})
+
+
+def test_one_console_and_one_place_for_the_signal_handlers():
+    """Progress bars (tqdm) only in console.py; signal handlers installed only by console.py
+    (StopSignals, inside a command), errors.py (the exit codes' handlers) and entry.py (the
+    console script's first milliseconds); no other class calls itself a console."""
+    def imports_tqdm(node):
+        return (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tqdm")) or \
+            (isinstance(node, ast.Import) and any(a.name.startswith("tqdm") for a in node.names))
+
+    def sets_a_handler(node):
+        return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "signal" \
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "signal"
+
+    assert _files_using(imports_tqdm) == ["console.py"]
+    assert _files_using(sets_a_handler) == ["console.py", "entry.py", "errors.py"]
+    assert _files_using(lambda n: isinstance(n, ast.ClassDef) and "console" in n.name.lower()) == ["console.py"]

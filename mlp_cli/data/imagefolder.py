@@ -18,12 +18,12 @@ import hashlib
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from mlp_cli import registry as R
+from mlp_cli.console import Console
 from mlp_cli.data.split import Split
 from mlp_cli.errors import DataError
 
@@ -196,13 +196,10 @@ def decode_images(paths: list[Path], channels: int, size: tuple[int, int], desc:
     CIFAR-10 JPEGs: 2 or 3 threads were no faster than 1). A progress bar on stderr when it is a
     terminal. Files Pillow cannot read raise one DataError naming them (after trying them all).
     """
-    from tqdm import tqdm
-
     h, w = size
     out = np.empty((len(paths), h, w, channels), dtype=np.uint8)
     failed: list[tuple[Path, DataError]] = []
-    with tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr, leave=False,
-              disable=not _is_terminal(sys.stderr)) as bar:
+    with Console().counter(len(paths), desc, "img", leave=False) as bar:
         for start in range(0, len(paths), _CHUNK):
             chunk = range(start, min(start + _CHUNK, len(paths)))
             _decode_into(out, paths, chunk, channels, h, w, failed)
@@ -265,15 +262,8 @@ def read_image(path, mode: str):
     except Exception as e:  # noqa: BLE001  Pillow raises OSError, ValueError, SyntaxError, struct.error, ...
         raise DataError(f"cannot read the image {path}: {image_error(e)}") from None
     for warning in caught:
-        print(f"warning: {path}: {warning.message}", file=sys.stderr)
+        Console().warn(f"{path}: {warning.message}")
     return converted
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 # ----------------------------------------------------------------------------- cache
@@ -311,5 +301,5 @@ def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str], s
     except OSError as e:
         if path.parent not in _UNWRITABLE:  # once per folder, not once per split
             _UNWRITABLE.add(path.parent)
-            print(f"warning: could not write the image cache in {path.parent} ({e.strerror or e}); the images "
-                  "will be decoded again next time; set MLP_CLI_CACHE to a writable folder", file=sys.stderr)
+            Console().warn(f"could not write the image cache in {path.parent} ({e.strerror or e}); the images "
+                           "will be decoded again next time; set MLP_CLI_CACHE to a writable folder")

@@ -13,11 +13,11 @@ import contextlib
 import math
 import os
 import signal
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlp_cli.errors import EXIT_TERMINATED, STOP_SIGNALS, Interrupted, RuntimeFailure, UsageError, signal_exit
+from mlp_cli.console import Console, StopSignals
+from mlp_cli.errors import EXIT_TERMINATED, Interrupted, RuntimeFailure, UsageError, signal_exit
 from mlp_cli.sweep.folder import draw, read_statuses, result_row, write_hparams_config, write_plan, write_results
 from mlp_cli.sweep.plan import METRICS, Plan, Trial, trial_configs, trial_hparams, trial_threads
 
@@ -92,48 +92,10 @@ def run_trial(tune_config: dict, *, configs: dict, hparams: dict, out: str, env:
     tune.report({**last, "finished": 1})
 
 
-class _Signals:
-    """Ctrl-C and SIGTERM while Tune runs raise KeyboardInterrupt at once, and the caller's
-    ray.shutdown() ends the trials' processes. Tune's own way (its SIGINT handler, or a Stopper)
-    waits for each trial to reach its next report, up to a whole epoch, and then 10 s more
-    before killing it; a run directory needs no such care: it keeps its last committed epoch."""
-
-    def __init__(self):
-        self.signal = None
-
-    def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-        raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-class _Console:
-    """A tqdm bar over trials (on a terminal) and one line per finished trial, written to the
-    streams the process started with, whatever Ray does to sys.stdout and sys.stderr meanwhile."""
-
-    def __init__(self, total: int, done: int):
-        from tqdm import tqdm
-
-        self.out, self.err = sys.stdout, sys.stderr
-        self.bar = tqdm(total=total, initial=done, desc="trials", unit="trial", file=self.err, dynamic_ncols=True,
-                        disable=not self.err.isatty())
-
-    def line(self, text: str) -> None:
-        self.bar.write(text, file=self.out)
-        self.out.flush()
-
-    def counts(self, statuses: dict[str, str]) -> None:
-        values = list(statuses.values())
-        shown = [f"{s} {values.count(s)}" for s in ("done", "running", "stopped", "failed", "lost")
-                 if values.count(s) or s in ("done", "running", "failed")]
-        self.bar.set_postfix_str(", ".join(shown))
+def _counts(statuses: dict[str, str]) -> str:
+    values = list(statuses.values())
+    return ", ".join(f"{s} {values.count(s)}" for s in ("done", "running", "stopped", "failed", "lost")
+                     if values.count(s) or s in ("done", "running", "failed"))
 
 
 def _trial_line(name: str, row: dict, status: str, message: str = "") -> str:
@@ -194,7 +156,8 @@ class _Sweep:
     plan: Plan
     out: Path
     rows: dict
-    console: _Console
+    console: Console
+    bar: object  # the console's counter of finished trials
     outcome: dict = field(default_factory=dict)
 
     def set(self, name: str, status: str, message: str = "", announce: bool = False) -> None:
@@ -203,8 +166,8 @@ class _Sweep:
         write_results(self.plan, self.out, self.rows)
         if announce:
             self.console.line(_trial_line(name, self.rows[name], status, message))
-            self.console.bar.update(1)
-        self.console.counts({n: r["status"] for n, r in self.rows.items()})
+            self.bar.update(1)
+        self.bar.set_postfix_str(_counts({n: r["status"] for n, r in self.rows.items()}))
 
 
 @contextlib.contextmanager
@@ -249,18 +212,24 @@ def _run(plan: Plan, out: Path, todo: list[Trial], statuses: dict, configs: dict
         write_hparams_config(plan, out, configs)
         rows = {t.name: result_row(plan, t, out, *statuses.get(t.name, ("pending", ""))) for t in plan.trials}
         write_results(plan, out, rows)
-        console = _Console(len(plan.trials), len(plan.trials) - len(todo))
+        # Made before Ray redirects the streams: it keeps writing to the ones the process had.
+        console = Console()
+        bar = console.counter(len(plan.trials), "trials", "trial", initial=len(plan.trials) - len(todo))
         console.line(f"sweep of {len(plan.trials)} trials into {out}" + (f" ({len(todo)} to run)" if resume else "")
                      + f": {threads} thread{'s' * (threads > 1)} per trial, {where}")
-        signals = _Signals()
-        sweep = _Sweep(plan, out, rows, console)
+        # Ctrl-C and SIGTERM raise KeyboardInterrupt at once, and ray.shutdown() (leaving
+        # `connected`) ends the trials' processes. Tune's own way (its SIGINT handler, or a
+        # Stopper) waits for each trial's next report, up to an epoch, then 10 s more before
+        # killing it; a run directory needs no such care: it keeps its last committed epoch.
+        signals = StopSignals(raises=KeyboardInterrupt)
+        sweep = _Sweep(plan, out, rows, console, bar)
         try:
             with signals, _quiet(verbose):
                 _tune(plan, todo, configs, out, threads, sweep, verbose)
         except KeyboardInterrupt:
-            signals.signal = signals.signal or signal.SIGINT
+            signals.received = signals.received or signal.SIGINT
         finally:
-            console.bar.close()
+            bar.close()
             # Trials cut short by a signal get no completion event: say what they are.
             for trial in plan.trials:
                 status, message = rows[trial.name]["status"], rows[trial.name]["message"]
@@ -268,8 +237,8 @@ def _run(plan: Plan, out: Path, todo: list[Trial], statuses: dict, configs: dict
                                               message)
             write_results(plan, out, rows)
     draw(plan, out, rows)
-    if signals.signal is not None:
-        _, code = signal_exit(signals.signal)
+    if signals.received is not None:
+        _, code = signal_exit(signals.received)
         name = "SIGTERM" if code == EXIT_TERMINATED else "interrupted"
         raise Interrupted(f"{name}: the trials were stopped after their last committed epoch; "
                           f"continue with: mlp-cli sweep --resume {out}", code)
