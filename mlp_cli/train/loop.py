@@ -18,6 +18,7 @@ was finished (exit codes 130 and 143).
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -77,7 +78,15 @@ def fit(cfg: Config | None, run_dir, *, resume: bool = False, overrides=(), from
             trainer = Trainer(run, cfg, state, network, console, execution)
             if hparams is not None and cfg.train.tensorboard:
                 events.write_trial_hparams(run.path, hparams, run.path.name)
-            return trainer.run(signals, on_epoch)
+            # The ~400,000 objects of the libraries imported by now (torch, TensorBoard's protocol
+            # buffers) are never garbage, but each full collection walks them all: up to 0.2 s,
+            # in the middle of an epoch (measured: MNIST MLP's first epoch 0.50 s instead of
+            # 0.26). Frozen, they are left out; garbage made from here on is collected as before.
+            gc.freeze()
+            try:
+                return trainer.run(signals, on_epoch)
+            finally:
+                gc.unfreeze()  # collectable again, for a process that goes on (a sweep worker, the tests)
     except Stopped as stop:
         done = runstate.read_state(run).epoch
         name, code = signal_exit(stop.signum)
