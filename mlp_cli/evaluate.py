@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp_cli.nn.losses import softmax_cross_entropy
+from mlp_cli.nn.losses import loss_function, softmax_cross_entropy
 
 
 def forward(model, x: np.ndarray, *, test_hflip: bool = False) -> np.ndarray:
@@ -30,12 +30,14 @@ def predict(model, split, *, batch_size, normalization, augment):
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, loss=softmax_cross_entropy) -> dict:
+    """`loss`: the engine's softmax cross-entropy (nn.losses.loss_function), so that a reference
+    run's validation and test losses are the reference tier's too."""
     n = len(labels)
     if n == 0:
         return {"accuracy": None, "loss": None, "n": 0, "per_class_accuracy": [None] * num_classes,
                 "confusion_matrix": [[0] * num_classes for _ in range(num_classes)]}
-    loss, _ = softmax_cross_entropy(logits, labels)
+    mean_loss, _ = loss(logits, labels, 0.0)
     predicted = logits.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (labels, predicted), 1)  # rows: true class, columns: predicted
@@ -43,7 +45,7 @@ def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int
     per_class = [float(confusion[c, c] / support[c]) if support[c] else None for c in range(num_classes)]
     return {
         "accuracy": float((predicted == labels).mean()),
-        "loss": float(loss),
+        "loss": float(mean_loss),
         "n": int(n),
         "per_class_accuracy": per_class,
         "confusion_matrix": confusion.tolist(),
@@ -52,7 +54,7 @@ def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int
 
 def evaluate(model, split, *, batch_size, normalization, augment) -> dict:
     logits = predict(model, split, batch_size=batch_size, normalization=normalization, augment=augment)
-    return metrics_from_logits(logits, split.y, len(split.classes))
+    return metrics_from_logits(logits, split.y, len(split.classes), loss_function(model.execution))
 
 
 def checkpoint_result(path, ckpt, split_name: str, metrics: dict) -> dict:

@@ -257,3 +257,25 @@ def test_gradcheck_on_the_reference_engine_passes():
                                        "reference", "--samples", "3"])
     assert result.exit_code == 0, result.output
     assert "ok: all" in result.output
+
+
+def test_evaluation_takes_the_loss_of_the_network_s_engine(monkeypatch):
+    """A reference run's validation and test losses come from reference.py, a fast run's from losses.py."""
+    from mlp_cli.data.split import Split
+    from mlp_cli.evaluate import evaluate
+    from mlp_cli.nn import losses
+
+    calls = []
+    for module in (R, losses):
+        real = module.softmax_cross_entropy
+        monkeypatch.setattr(module, "softmax_cross_entropy",
+                            lambda *a, _real=real, _m=module.__name__: calls.append(_m) or _real(*a))
+    cfg = config.load(ROOT / "configs" / "circles_mlp.yaml")
+    rng = np.random.default_rng(0)
+    split = Split(rng.standard_normal((20, 2)).astype(np.float32), rng.integers(0, 2, 20), ["0", "1"])
+    for engine in ("reference", "fast"):
+        calls.clear()
+        model = build_network(cfg, shapes.architecture(check_network(cfg)[1]), execution=Execution(engine=engine))
+        result = evaluate(model, split, batch_size=8, normalization=None, augment=cfg.data.augment)
+        assert np.isfinite(result["loss"])
+        assert calls == [R.__name__ if engine == "reference" else losses.__name__], (engine, calls)

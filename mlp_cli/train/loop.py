@@ -340,7 +340,8 @@ class Trainer:
         best_model = checkpoint.load_model(best, execution=self.execution)
         logits = predict(best_model, self.test_split, batch_size=cfg.train.eval_batch_size, normalization=self.norm,
                          augment=cfg.data.augment)
-        test = checkpoint_result(best_path, best, "test", metrics_from_logits(logits, self.test_split.y, len(self.classes)))
+        metrics = metrics_from_logits(logits, self.test_split.y, len(self.classes), self.loss)
+        test = checkpoint_result(best_path, best, "test", metrics)
         with signals.hold():
             self.run_files.commit({"test_metrics.json": (json.dumps(test, indent=2) + "\n").encode()})
         if cfg.train.plots:
