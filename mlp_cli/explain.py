@@ -366,13 +366,20 @@ def _sampled_error(f: Callable[[], float], array: np.ndarray, analytic: np.ndarr
 
 def _input(shape, kind: str, rng) -> np.ndarray:
     """A random input whose entries keep away from kinks: ReLU's 0, max-pool ties (distinct values)."""
-    if kind == MAXPOOL2D.torch:  # distinct values at least 5e-5 apart, so no step of 1e-6 changes an argmax,
-        size = int(np.prod(shape))  # and within about [0, 5], so that rounding in f stays far below h
+    if kind == MAXPOOL2D.torch:
+        # Within each image plane (no window spans two) distinct values at least 5e-5 apart, so
+        # that no step of 1e-6 changes an argmax, and within about [0, 5] whatever the batch, so
+        # that the rounding of f (a sum over the whole batch) stays far below h.
+        planes, size = int(np.prod(shape[:-2])), int(np.prod(shape[-2:]))
         spacing = max(min(1e-2, 5 / size), 1e-4)
-        return (rng.permutation(size).reshape(shape) + rng.uniform(0, 0.5, shape)) * spacing
+        order = np.argsort(rng.random((planes, size)), axis=1)  # a permutation per plane
+        return ((order + rng.uniform(0, 0.5, (planes, size))) * spacing).reshape(shape)
     x = rng.standard_normal(shape)
-    if kind in (BATCHNORM1D.torch, BATCHNORM2D.torch):  # examples 4 apart: a variance of two close values
-        x += 4 * np.arange(shape[0]).reshape(-1, *[1] * (len(shape) - 1))  # would amplify rounding
+    if kind in (BATCHNORM1D.torch, BATCHNORM2D.torch):
+        # Examples spread evenly over [0, 4]: the variance of two close values would amplify
+        # rounding, and a spread growing with the batch would shrink dx (1/sigma) below it.
+        n = shape[0]
+        x += (4 * np.arange(n) / max(n - 1, 1)).reshape(-1, *[1] * (len(shape) - 1))
     if kind == RELU.torch:
         x[np.abs(x) < 0.01] += 0.1
     return x

@@ -132,10 +132,34 @@ def test_cifar10_cnn_improved_every_check_passes():
     assert_complete_and_passing(as_json("--config", path, "--batch", "2"), path)
 
 
+def test_a_larger_batch_passes_too():
+    """Batch norm's and max pooling's checks stay well-conditioned as the batch grows (their
+    inputs are spread over a range that does not grow with it)."""
+    path = CONFIGS / "cifar10_cnn_improved.yaml"
+    assert_complete_and_passing(as_json("--config", path, "--batch", "16", "--seed", "1"), path)
+
+
 def test_overrides_reach_the_derivation():
     doc = as_json("--config", CONFIGS / "mnist_mlp.yaml", "model.layers.1.out_features=50", "train.label_smoothing=0.2")
     assert doc["layers"][1]["output_shape"] == [50]
     assert any(eq["name"] == "label smoothing" for eq in doc["layers"][-1]["equations"])
+
+
+def test_the_seed_draws_the_checks_numbers_and_defaults_to_the_config_s():
+    errors = lambda doc: [eq["rel_error"] for layer in doc["layers"] for eq in layer["equations"]  # noqa: E731
+                          if eq["rel_error"] is not None]
+    path = CONFIGS / "mnist_mlp.yaml"
+    default, seed0 = as_json("--config", path), as_json("--config", path, "--seed", "0")
+    seed7, config7 = as_json("--config", path, "--seed", "7"), as_json("--config", path, "seed=7")
+    assert errors(default) == errors(seed0)  # the shipped config's seed is 0
+    assert errors(seed7) == errors(config7) != errors(default)
+    assert_complete_and_passing(seed7, path)
+
+
+def test_a_batch_beyond_the_cap_is_one_line_exit_2():
+    result = run("--config", CONFIGS / "mnist_mlp.yaml", "--batch", "65")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "--batch" in result.stderr and "64" in result.stderr and "Traceback" not in result.stderr
 
 
 # ----------------------------------------------------------------------------- failures
