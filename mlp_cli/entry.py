@@ -1,4 +1,4 @@
-"""The `mlp-cli` console script's entry point, apart from cli.py so that it runs before anything
+"""The `mlp-cli` command's entry point, apart from cli.py so that it runs before anything
 heavy is imported.
 
 A Ctrl-C reaches Python's default handler, which raises KeyboardInterrupt wherever the program
@@ -6,14 +6,14 @@ is, and an uncaught one prints a traceback. Inside a command (cli.handle_errors)
 want: the command settles its files and says "error: interrupted" (exit 130). Outside one, while
 the commands are imported (the first ~80 ms), click parses the command line or prints --help,
 and while the interpreter shuts down, nothing needs saving: there the handler installed here,
-when this module is imported by the console script, ends the process at once with that line
+when this module is imported by the launcher, ends the process at once with that line
 and exit 130 (errors.exit_at_once). While that handler is being imported, a Ctrl-C is held
 back (blocked: it waits, it is not lost) and arrives as soon as the handler is in place.
 
-What no module can reach: a Ctrl-C while the interpreter itself starts (its io and site modules,
-before the console script's first line, ~5-10 ms) still meets Python's own handler, and
-CPython reports it as a fatal error with a traceback; before Python installs its handler at all,
-the signal's default action ends the process (exit -2, silently).
+Before this module, the command's launcher (bin/mlp-cli, what pip installs as `mlp-cli`) holds
+SIGINT back while Python starts and unblocks it once this module is imported, so a Ctrl-C in
+Python's own start-up also ends here; one while the launcher's shell or perl start ends them
+with the signal's default death (exit -2, silently).
 """
 
 import _signal  # the interpreter's own, loaded already: `signal` would first build its enums
