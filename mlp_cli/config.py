@@ -49,7 +49,7 @@ def reject_unused(section: BaseModel, prefix: str, keys, why: str, info: Validat
         return
     for key in keys:
         if getattr(section, key) != type(section).model_fields[key].default:
-            raise ValueError(f"{prefix}{key} does not apply: {why}; remove it")
+            raise ValueError(f"{prefix}{key} does not apply: {why}; remove it (on the command line: ~{prefix}{key})")
 
 
 IntPair = Union[Annotated[int, Field(ge=1)], tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]]
@@ -346,20 +346,25 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Apply Hydra-style dotted overrides (`optim.lr=0.05`, `data.augment.hflip=true`).
+    """Apply Hydra-style dotted overrides (`optim.lr=0.05`, `data.augment.hflip=true`), and
+    Hydra's `~KEY` to remove a key the file sets (`~optim.momentum`, to switch to optim.name=adam).
 
     Values are parsed as YAML scalars or flow collections, so `[28, 28]`, `true` and `1e-3` work.
     """
     raw = copy.deepcopy(raw)
     for item in overrides:
-        key, sep, text = item.partition("=")
+        removes = item.startswith("~")
+        key, sep, text = item.removeprefix("~").partition("=")
         key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"bad override {item!r}: write KEY=VALUE with a dotted key, e.g. optim.lr=0.05 or train.epochs=3")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"bad override {item!r}: the value {text!r} is not valid YAML; quote strings and use [a, b] for lists") from None
+        if (not sep and not removes) or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"bad override {item!r}: write KEY=VALUE with a dotted key, e.g. optim.lr=0.05 or "
+                              "train.epochs=3, or ~KEY to remove a key the file sets")
+        value = None
+        if not removes:
+            try:
+                value = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError:
+                raise ConfigError(f"bad override {item!r}: the value {text!r} is not valid YAML; quote strings and use [a, b] for lists") from None
         parts = key.split(".")
         node = raw
         for i, part in enumerate(parts):
@@ -372,12 +377,17 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                 part = int(part)
             elif not isinstance(node, dict):
                 raise ConfigError(f"bad override {item!r}: {where} is the value {node!r}, not a section with keys")
-            if i == len(parts) - 1:
+            if i < len(parts) - 1:
+                node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
+            elif not removes:
                 node[part] = value
-            elif isinstance(node, dict):
-                node = node.setdefault(part, {})
+            elif isinstance(node, list):
+                raise ConfigError(f"bad override {item!r}: ~ removes a key, not one item of a list; set the whole "
+                                  f"list instead ({'.'.join(parts[:-1])}=[...])")
+            elif part in node:
+                del node[part]
             else:
-                node = node[part]
+                raise ConfigError(f"bad override {item!r}: {key} is not set in the config, so there is nothing to remove")
     return raw
 
 
@@ -419,7 +429,7 @@ def _blame(loc: tuple[str, ...], text: str, raw: dict, overrides: list[str], fro
     3. Otherwise a rule of the section at `loc` (or between sections, at the top) failed: it is due
        to the overrides inside that section without which the error goes away (train.epochs=3 for
        a warm-up of 5 epochs in the file), else, if each alone would do, to all of them."""
-    keys = [(item, tuple(item.partition("=")[0].strip().split("."))) for item in overrides]
+    keys = [(item, tuple(item.removeprefix("~").partition("=")[0].strip().split("."))) for item in overrides]
     setting = [(len(key), i, item) for i, (item, key) in enumerate(keys) if loc[:len(key)] == key]
     if setting:
         return [max(setting)[2]]

@@ -480,3 +480,20 @@ def test_inside_a_command_ctrl_c_is_python_s_again_for_the_command_to_handle():
                        preexec_fn=lambda: __import__("signal").signal(__import__("signal").SIGINT,
                                                                        __import__("signal").SIG_IGN))
     assert r.stdout.split() == ["True", "True", "True"], r.stderr
+
+def test_tilde_removes_a_key_the_file_sets_so_an_override_can_switch_the_optimizer(tmp_path):
+    """The file sets optim.momentum; optim.name=adam alone is refused and says how to remove it."""
+    from mlp_cli import config
+
+    mlp = ROOT / "configs" / "mnist_mlp.yaml"
+    assert yaml.safe_load(mlp.read_text())["optim"]["momentum"] > 0
+    with pytest.raises(ConfigError, match=r"optim\.momentum does not apply.*on the command line: ~optim\.momentum\)$"):
+        config.load(mlp, ["optim.name=adam"])
+    cfg = config.load(mlp, ["optim.name=adam", "~optim.momentum", "optim.lr=0.001"])
+    assert cfg.optim.name == "adam" and cfg.optim.momentum == 0 and cfg.optim.lr == 0.001
+    for override, expected in [("~optim.nope", "optim.nope is not set in the config, so there is nothing to remove"),
+                               ("~model.layers.1", "~ removes a key, not one item of a list"),
+                               ("~", "write KEY=VALUE with a dotted key")]:
+        r = run("train", "--config", mlp, "--out", tmp_path / "r", override)
+        assert r.exit_code == 2 and expected in r.stderr and len(r.stderr.splitlines()) == 1, r.output
+        assert not (tmp_path / "r").exists()
