@@ -105,6 +105,9 @@ def test_grid_values_split_at_top_level_commas_only():
     assert sw.split_values("'a,b',c") == ["'a,b'", "c"]
     plain, axes = sw.parse_arguments(["train.epochs=3", "data.image_size=[28,28],[32,32]", "optim.lr=0.1,0.2"])
     assert plain == ["train.epochs=3"] and axes == {"data.image_size": ["[28,28]", "[32,32]"], "optim.lr": ["0.1", "0.2"]}
+    # ~KEY removes a key the file sets, in every trial (config.apply_overrides does it)
+    plain, axes = sw.parse_arguments(["optim.name=adam", "~optim.momentum", "optim.lr=0.1,0.2"])
+    assert plain == ["optim.name=adam", "~optim.momentum"] and axes == {"optim.lr": ["0.1", "0.2"]}
 
 
 def test_trial_names_are_short_and_unique():

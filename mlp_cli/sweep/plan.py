@@ -92,10 +92,14 @@ def parse_arguments(arguments) -> tuple[list[str], dict[str, list[str]]]:
     """Command-line KEY=VALUE arguments -> (plain overrides, grid axes KEY -> value texts)."""
     plain, axes = [], {}
     for item in arguments:
+        if item.startswith("~"):  # removes a key the file sets (config.apply_overrides), in every trial
+            plain.append(item)
+            continue
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"bad argument {item!r}: write KEY=VALUE or KEY=V1,V2,... (e.g. optim.lr=0.01,0.05)")
+            raise ConfigError(f"bad argument {item!r}: write KEY=VALUE or KEY=V1,V2,... (e.g. optim.lr=0.01,0.05), "
+                              "or ~KEY to remove a key the file sets")
         values = split_values(text)
         if key in axes or any(p.partition("=")[0].strip() == key for p in plain):
             raise ConfigError(f"bad argument {item!r}: {key} is given twice; give it once (a comma list for several values)")
