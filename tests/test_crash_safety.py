@@ -255,6 +255,30 @@ def test_resume_records_allowed_overrides_in_history_and_warns_about_the_schedul
     assert r.exit_code == 0 and "schedule" not in r.output
 
 
+def test_resume_may_change_the_optimizer_which_then_starts_with_no_state(tmp_path):
+    """SGD with momentum -> without (~optim.momentum) -> Adam -> SGD with momentum: each change
+    that makes the saved state meaningless to the new rule starts it afresh, with a warning
+    (it used to end in an unexpected ValueError, exit 1, after history.yaml had recorded it). A new
+    optim.lr alone is no schedule change: no warning about train.epochs."""
+    out = tmp_path / "r"
+    assert run_cli("train", "--config", CIRCLES, "--out", out, "--quiet", "train.epochs=2", "train.plots=false",
+                   "optim.momentum=0.9").exit_code == 0
+    assert any(k.endswith("momentum_buffer") for k in checkpoint.load_training_state(out / "last.optim.safetensors")[0])
+    steps = [(["~optim.momentum"], "from sgd with momentum to sgd without momentum: it starts from epoch 3"),
+             (["optim.name=adam", "optim.lr=0.01"], None),  # no state to drop
+             (["optim.name=adamw"], None),  # the same moments
+             (["optim.name=sgd", "optim.momentum=0.5"], "from adam/adamw (moments) to sgd with momentum")]
+    for epochs, (overrides, warning) in enumerate(steps, start=3):
+        r = CliRunner().invoke(main, ["train", "--resume", str(out), "--quiet", f"train.epochs={epochs}", *overrides])
+        assert r.exit_code == 0, r.output
+        assert (warning in r.output) if warning else ("optimizer changes" not in r.output), r.output
+        assert "schedule depends on train.epochs" not in r.output
+        kept = checkpoint.load_training_state(out / "last.optim.safetensors")[0]
+        expected = {3: set(), 4: {"exp_avg", "exp_avg_sq", "step"}, 5: {"exp_avg", "exp_avg_sq", "step"},
+                    6: {"momentum_buffer"}}[epochs]
+        assert {k.rpartition(".")[2] for k in kept} == expected, (epochs, sorted(kept)[:4])
+
+
 def test_damaged_last_checkpoint_names_the_last_good_epoch_and_continues_from_it(tmp_path, monkeypatch):
     monkeypatch.setattr(train.loop, "COMMIT_INTERVAL", 0.0)
     out = tmp_path / "r"

@@ -183,7 +183,8 @@ def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -
         cfg = data.resolve_config(cfg)  # a moved data.root is recorded absolute, as at the start
     # Compared with the saved config as validated, defaults filled in: a setting added to the tool
     # since the run began is not a change of the run.
-    changed = _changes(config.validate(saved, f"{run.path / 'config.yaml'}", recorded=True).dump(), cfg.dump())
+    before = config.validate(saved, f"{run.path / 'config.yaml'}", recorded=True)
+    changed = _changes(before.dump(), cfg.dump())
     frozen = [k for k in changed if k.split(".")[0] in FROZEN_ON_RESUME and k not in MOVABLE]
     if frozen:
         raise UsageError(
@@ -201,6 +202,12 @@ def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -
         raise UsageError(f"{run.path} already has {state.epoch} epochs, so {', '.join(sorted(changed))} "
                          f"would hold for no epoch; add train.epochs={state.epoch + 1} (or more) to train "
                          f"further with them")
+    if _optimizer_state_kind(before.optim) != _optimizer_state_kind(cfg.optim) and state.optimizer:
+        # What the finished epochs accumulated (momentum buffers, Adam's moments) means nothing to
+        # the new update rule: it starts with none, as a new optimizer would in PyTorch.
+        console.warn(f"the optimizer changes from {_optimizer_state_kind(before.optim)} to "
+                     f"{_optimizer_state_kind(cfg.optim)}: it starts from epoch {state.epoch + 1} with no state")
+        state.optimizer = {}
     history = yaml.safe_load(run.read("history.yaml") or b"") or []
     ran_as = execution.record()
     if changed or not history or any(history[-1].get(k) != v for k, v in ran_as.items()):
@@ -231,6 +238,14 @@ def _show(value) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def _optimizer_state_kind(optim) -> str:
+    """Which state an optimizer keeps (nn.optim): Adam's and AdamW's moments, SGD's momentum
+    buffers, or none (SGD without momentum)."""
+    if optim.name in ("adam", "adamw"):
+        return "adam/adamw (moments)"
+    return "sgd with momentum" if optim.momentum else "sgd without momentum"
+
+
 def _warn_schedule(console, cfg: Config, state: State, saved: dict) -> None:
     """Say so when the finished epochs followed a schedule that the new train.epochs changes."""
     from mlp_cli.nn.optim import lr_at
@@ -238,9 +253,13 @@ def _warn_schedule(console, cfg: Config, state: State, saved: dict) -> None:
     old_epochs, done = saved.get("train", {}).get("epochs"), state.epoch
     if old_epochs == cfg.train.epochs or done == 0:
         return
-    now = [metrics_row(**{**row, "lr": lr_at(e, cfg.optim.lr, cfg.optim.schedule, cfg.train.epochs)})["lr"]
-           for e, row in enumerate(state.rows)]
-    if now != [row["lr"] for row in state.rows]:
+    # The new settings under both lengths: what train.epochs alone changes (a new optim.lr changes
+    # the rate of every schedule, and is not this warning's business).
+    def rates(epochs):
+        return [metrics_row(**{**row, "lr": lr_at(e, cfg.optim.lr, cfg.optim.schedule, epochs)})["lr"]
+                for e, row in enumerate(state.rows)]
+
+    if rates(cfg.train.epochs) != rates(old_epochs):
         def span(a, b):
             return f"epoch {a}" if a == b else f"epochs {a}-{b}"
 
