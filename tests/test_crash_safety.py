@@ -264,10 +264,10 @@ def test_resume_may_change_the_optimizer_which_then_starts_with_no_state(tmp_pat
     assert run_cli("train", "--config", CIRCLES, "--out", out, "--quiet", "train.epochs=2", "train.plots=false",
                    "optim.momentum=0.9").exit_code == 0
     assert any(k.endswith("momentum_buffer") for k in checkpoint.load_training_state(out / "last.optim.safetensors")[0])
-    steps = [(["~optim.momentum"], "from sgd with momentum to sgd without momentum: it starts from epoch 3"),
+    steps = [(["~optim.momentum"], "from sgd (momentum_buffer) to sgd (no state): it starts from epoch 3 with no state"),
              (["optim.name=adam", "optim.lr=0.01"], None),  # no state to drop
              (["optim.name=adamw"], None),  # the same moments
-             (["optim.name=sgd", "optim.momentum=0.5"], "from adam/adamw (moments) to sgd with momentum")]
+             (["optim.name=sgd", "optim.momentum=0.5"], "from adamw (exp_avg, exp_avg_sq, step) to sgd (momentum_buffer): it starts from epoch 6 with no state")]
     for epochs, (overrides, warning) in enumerate(steps, start=3):
         r = CliRunner().invoke(main, ["train", "--resume", str(out), "--quiet", f"train.epochs={epochs}", *overrides])
         assert r.exit_code == 0, r.output

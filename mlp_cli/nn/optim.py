@@ -164,6 +164,12 @@ _STATE_KEYS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq", "s
                "adamw": ("exp_avg", "exp_avg_sq", "step")}
 
 
+def state_keys(name: str, momentum: float = 0.0) -> tuple[str, ...]:
+    """The state an update rule keeps per parameter ("PARAM.KEY" in state_dict): SGD's momentum
+    buffer (none without momentum), Adam's and AdamW's moments and step count."""
+    return _STATE_KEYS[name] if (name != "sgd" or momentum != 0) else ()
+
+
 class Optimizer:
     """The optimizer named by a config's `Optim` (sgd, adam or adamw) over named parameters.
 
@@ -295,7 +301,7 @@ class Optimizer:
         Raises ValueError when `d` does not belong to this kind of optimizer. Shapes are
         checked against the parameters at the next `step`.
         """
-        allowed = _STATE_KEYS[self.name] if (self.name != "sgd" or self.momentum != 0) else ()
+        allowed = state_keys(self.name, self.momentum)
         state: dict[str, dict] = {}
         for flat, value in d.items():
             name, _, key = flat.rpartition(".")

@@ -173,6 +173,7 @@ def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -
     import yaml
 
     from mlp_cli import config, data
+    from mlp_cli.nn.optim import state_keys
     from mlp_cli.train.network import check_network
 
     saved = yaml.safe_load(run.read("config.yaml") or b"")
@@ -202,11 +203,12 @@ def _reopened(run: RunDir, overrides, from_epoch, command, console, execution) -
         raise UsageError(f"{run.path} already has {state.epoch} epochs, so {', '.join(sorted(changed))} "
                          f"would hold for no epoch; add train.epochs={state.epoch + 1} (or more) to train "
                          f"further with them")
-    if _optimizer_state_kind(before.optim) != _optimizer_state_kind(cfg.optim) and state.optimizer:
+    kept, needed = (state_keys(o.name, o.momentum) for o in (before.optim, cfg.optim))
+    if kept != needed and state.optimizer:
         # What the finished epochs accumulated (momentum buffers, Adam's moments) means nothing to
         # the new update rule: it starts with none, as a new optimizer would in PyTorch.
-        console.warn(f"the optimizer changes from {_optimizer_state_kind(before.optim)} to "
-                     f"{_optimizer_state_kind(cfg.optim)}: it starts from epoch {state.epoch + 1} with no state")
+        console.warn(f"the optimizer changes from {_describe(before.optim, kept)} to "
+                     f"{_describe(cfg.optim, needed)}: it starts from epoch {state.epoch + 1} with no state")
         state.optimizer = {}
     history = yaml.safe_load(run.read("history.yaml") or b"") or []
     ran_as = execution.record()
@@ -238,12 +240,9 @@ def _show(value) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _optimizer_state_kind(optim) -> str:
-    """Which state an optimizer keeps (nn.optim): Adam's and AdamW's moments, SGD's momentum
-    buffers, or none (SGD without momentum)."""
-    if optim.name in ("adam", "adamw"):
-        return "adam/adamw (moments)"
-    return "sgd with momentum" if optim.momentum else "sgd without momentum"
+def _describe(optim, keys: tuple[str, ...]) -> str:
+    """An optimizer and the state it keeps: "adam (exp_avg, exp_avg_sq, step)", "sgd (no state)"."""
+    return f"{optim.name} ({', '.join(keys) or 'no state'})"
 
 
 def _warn_schedule(console, cfg: Config, state: State, saved: dict) -> None:
