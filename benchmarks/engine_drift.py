@@ -78,15 +78,19 @@ def record_pool_inputs(model, seen: dict, name: str):
             layer.forward = forward
 
 
-def differing_choices(seen, a, b, hyper) -> dict[int, int]:
-    """Per max-pooling layer: the windows with a positive maximum where a and b chose differently."""
+def pool_choices(seen, hyper) -> dict:
+    """(run, layer) -> (pooled, which window element each output took), from what the layer saw."""
     out = {}
     for (name, i), x in seen.items():
-        if name == a:
-            pooled, (_, first_a, *_) = R.maxpool2d_forward(x, **hyper[i])
-            _, (_, first_b, *_) = R.maxpool2d_forward(seen[b, i], **hyper[i])
-            out[i] = int(((first_a != first_b) & (pooled > 0)).sum())
+        pooled, (_, first, *_) = R.maxpool2d_forward(x, **hyper[i])
+        out[name, i] = pooled, first
     return out
+
+
+def differing_choices(choices, a, b) -> dict[int, int]:
+    """Per max-pooling layer: the windows with a positive maximum where runs a and b chose differently."""
+    return {i: int(((first != choices[b, i][1]) & (pooled > 0)).sum())
+            for (name, i), (pooled, first) in choices.items() if name == a}
 
 
 class Float32Draws:
@@ -139,9 +143,10 @@ def main():
         worst = {pair: max((relative(states[pair[0]][k], states[pair[1]][k]), k) for k in states["ref32"]
                            if states["ref32"][k].dtype.kind == "f")
                  for pair in (("fast", "ref32"), ("ref32", "ref64"))}
+        choices = pool_choices(seen, hyper)
         print(f"{step + 1:3d}  " + "  ".join(f"{e:.1e} {k:11s}" for e, k in worst.values()) +
-              f"  fast-ref32 {differing_choices(seen, 'fast', 'ref32', hyper)}"
-              f"  ref32-ref64 {differing_choices(seen, 'ref32', 'ref64', hyper)}", flush=True)
+              f"  fast-ref32 {differing_choices(choices, 'fast', 'ref32')}"
+              f"  ref32-ref64 {differing_choices(choices, 'ref32', 'ref64')}", flush=True)
 
 
 if __name__ == "__main__":
